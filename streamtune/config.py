@@ -1,0 +1,235 @@
+"""Recipe configuration: YAML + ``key=value`` overrides merged onto a typed schema.
+
+Every entry point reads ``--config RECIPE`` plus OmegaConf dotlist overrides.
+The merged config is in struct mode, so a misspelt key (in the recipe or on
+the command line) is an error that names the key, not a silent new key. The
+``model`` section is NeMo's own model config, passed through untouched; inside
+it, a key the recipe does not already have can only be *added* on purpose,
+with a leading ``+`` (``+model.encoder.xscaling=false``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from streamtune.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    name: str = MISSING
+    seed: int = MISSING
+    # Run dirs are <output_dir>/<name>/<timestamp>/; a `latest` link points at the newest.
+    output_dir: str = "runs"
+
+
+@dataclass
+class DataConfig:
+    # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) written by `python -m data_prep`.
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    tokenizer_dir: Optional[str] = None
+    # Dynamic batching by total audio seconds per batch (Lhotse); batch_size caps the count.
+    batch_duration_s: float = 60.0
+    batch_size: Optional[int] = None
+    min_duration_s: float = 0.1
+    max_duration_s: float = 30.0
+    num_workers: int = 0
+    shuffle_buffer_size: int = 10000
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = MISSING
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    val_check_interval: int = 200  # steps between validations
+    log_every_n_steps: int = 10
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    enable_progress_bar: bool = True
+    # CPU threads for torch (None: torch's default). The demo pins it for repeatable timing.
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    # W&B: "disabled", "offline" (the real client, no network) or "online".
+    wandb_mode: str = "disabled"
+    wandb_project: str = "streamtune"
+    csv: bool = True
+
+
+@dataclass
+class EvalConfig:
+    # Chunk sizes to evaluate, in ms; empty = every att_context_size the model was trained with.
+    chunk_ms: List[int] = field(default_factory=list)
+    modes: List[str] = field(default_factory=lambda: ["streaming", "offline"])
+    # Utterances decoded together as concurrent streams.
+    batch_size: int = 8
+    # Exit non-zero when any streaming WER (in %) exceeds this.
+    max_wer: Optional[float] = None
+    output_dir: Optional[str] = None
+
+
+@dataclass
+class ExportConfig:
+    name: Optional[str] = None  # bundle name; default run.name
+    dist_dir: str = "dist"
+    # Parity set: cuts file and how many utterances of it to use (0 = all).
+    parity_cuts: Optional[str] = None
+    parity_max_utts: int = 0
+    # Encoder-output max abs difference allowed between streaming and offline.
+    parity_atol: float = 1e-4
+
+
+@dataclass
+class RecipeConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # NeMo's own model config (target class, preprocessor, encoder, decoder, joint, ...).
+    model: Dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            keys.extend(_known_keys(value, full + "."))
+    return keys
+
+
+def _unknown_key_error(err: ConfigKeyError, where: str, cfg: DictConfig) -> UserError:
+    full_key = getattr(err, "full_key", None) or str(err)
+    known = _known_keys(cfg)
+    close = difflib.get_close_matches(full_key, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    add = " To add a new key inside `model`, prefix it with '+'." if full_key.startswith("model.") else ""
+    return UserError(f"unknown config key '{full_key}' in {where}.{hint}{add}")
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    plain, added = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value")
+        if item.startswith("+"):
+            if not item.startswith("+model."):
+                raise UserError(
+                    f"override '{item}': only keys inside `model` (NeMo's config) can be added with '+'; "
+                    "every other section has a fixed schema"
+                )
+            added.append(item[1:])
+        else:
+            plain.append(item)
+    return plain, added
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *, check_missing: bool = True) -> DictConfig:
+    """Load a recipe onto the schema, apply overrides, and validate.
+
+    Raises :class:`UserError` naming the file or key for anything a user can fix.
+    """
+    overrides = list(overrides or [])
+    schema = OmegaConf.structured(RecipeConfig)
+    cfg = schema
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise UserError(f"recipe '{recipe}' does not exist; pass --config with a YAML file under recipes/")
+        try:
+            recipe_cfg = OmegaConf.load(path)
+        except Exception as err:  # yaml errors have many types
+            raise UserError(f"recipe '{recipe}' is not valid YAML: {err}") from None
+        try:
+            cfg = OmegaConf.merge(schema, recipe_cfg)
+        except ConfigKeyError as err:
+            raise _unknown_key_error(err, f"recipe {recipe}", schema) from None
+        except ValidationError as err:
+            raise UserError(f"recipe {recipe}: bad value for '{err.full_key}': {err.msg}") from None
+    plain, added = _split_overrides(overrides)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        if added:
+            with _open_struct(cfg.model):
+                add_cfg = OmegaConf.from_dotlist(added)
+                cfg = OmegaConf.merge(cfg, add_cfg)
+                OmegaConf.set_struct(cfg, True)
+        if plain:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain))
+    except ConfigKeyError as err:
+        raise _unknown_key_error(err, "command-line overrides", cfg) from None
+    except ValidationError as err:
+        raise UserError(f"override for '{err.full_key}': {err.msg}") from None
+    OmegaConf.set_struct(cfg, True)
+    if check_missing:
+        require(cfg, ["run.name", "run.seed"])
+    return cfg
+
+
+class _open_struct:
+    """Context manager that lifts struct mode on one node (for '+' additions)."""
+
+    def __init__(self, node: DictConfig):
+        self.node = node
+
+    def __enter__(self):
+        OmegaConf.set_struct(self.node, False)
+
+    def __exit__(self, *exc):
+        OmegaConf.set_struct(self.node, True)
+
+
+def require(cfg: DictConfig, keys: list[str]) -> None:
+    """Fail with a clear message when any of ``keys`` is missing (``???``) or null."""
+    for key in keys:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            value = None
+        except OmegaConfBaseException as err:
+            raise UserError(f"config key '{key}' cannot be resolved: {err}") from None
+        if value is None:
+            raise UserError(f"config key '{key}' is required; set it in the recipe or pass {key}=VALUE")
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """A resolved copy (interpolations replaced by values), still checked for errors."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except MissingMandatoryValue as err:
+        raise UserError(f"config key '{err.full_key}' is required (it is ??? in the recipe)") from None
+    except OmegaConfBaseException as err:
+        raise UserError(f"config cannot be resolved: {err}") from None
+    return OmegaConf.create(container)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> Path:
+    """Write the resolved config beside an output, so the output says how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(resolved(cfg)))
+    return path
+
+
+def add_config_args(parser) -> None:
+    """The shared CLI shape: ``--config RECIPE`` then ``key=value`` overrides."""
+    parser.add_argument("--config", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")

@@ -1,0 +1,152 @@
+"""Building, loading and configuring NeMo cache-aware streaming ASR models.
+
+We drive NeMo's own classes; nothing here wraps its modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from streamtune.config import require, resolved
+from streamtune.errors import UserError
+
+
+@dataclass(frozen=True)
+class ChunkMode:
+    """One streaming mode: an ``att_context_size`` pair and what it means in time."""
+
+    left: int
+    right: int
+    frame_ms: int  # one encoder frame (subsampling factor x hop)
+
+    @property
+    def att_context(self) -> list[int]:
+        return [self.left, self.right]
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.right + 1  # chunked_limited: a chunk is right + 1 frames
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.chunk_frames * self.frame_ms
+
+    def __str__(self) -> str:
+        return f"{self.chunk_ms}ms[{self.left},{self.right}]"
+
+
+def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
+    """NeMo checks ``sum(att_context_probs) == 1.0`` exactly as floats; make that true."""
+    if probs is None:
+        return None
+    if len(probs) != n:
+        raise UserError(f"model.encoder.att_context_probs has {len(probs)} values for {n} att_context_size pairs")
+    if any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise UserError("model.encoder.att_context_probs must be non-negative and not all zero")
+    total = math.fsum(probs)
+    out = [p / total for p in probs]
+    out[-1] = 1.0 - math.fsum(out[:-1])
+    return out
+
+
+def nemo_model_config(cfg: DictConfig) -> DictConfig:
+    """NeMo's model config from a recipe: the ``model`` section plus datasets from ``data``."""
+    require(cfg, ["model.target", "data.tokenizer_dir"])
+    model_cfg = resolved(cfg).model
+    with open_dict(model_cfg):
+        model_cfg.pop("target")
+        data = cfg.data
+
+        def lhotse_ds(cuts: str, shuffle: bool) -> dict:
+            if not Path(cuts).exists():
+                raise UserError(f"cuts file '{cuts}' does not exist; prepare it with `python -m data_prep ...`")
+            return {
+                "use_lhotse": True,
+                "cuts_path": str(cuts),
+                "sample_rate": model_cfg.sample_rate,
+                "batch_duration": data.batch_duration_s,
+                "batch_size": data.batch_size,
+                "shuffle": shuffle,
+                "shuffle_buffer_size": data.shuffle_buffer_size,
+                "num_workers": data.num_workers,
+                "min_duration": data.min_duration_s,
+                "max_duration": data.max_duration_s,
+                "seed": int(cfg.run.seed),
+                "shard_seed": int(cfg.run.seed),
+                "pin_memory": False,
+            }
+
+        if data.train:
+            model_cfg.train_ds = lhotse_ds(data.train, shuffle=True)
+        if data.dev:
+            model_cfg.validation_ds = lhotse_ds(data.dev, shuffle=False)
+        enc = model_cfg.encoder
+        sizes = enc.get("att_context_size")
+        if sizes is not None and len(sizes) and OmegaConf.is_list(sizes[0]):  # a multi-context list of pairs
+            enc.att_context_probs = normalise_probs(enc.get("att_context_probs"), len(sizes))
+    tok_dir = Path(model_cfg.tokenizer.dir)
+    if not (tok_dir / "tokenizer.model").exists():
+        raise UserError(f"tokenizer dir '{tok_dir}' has no tokenizer.model; build one with `python -m data_prep tokenizer`")
+    return model_cfg
+
+
+def model_class(target: str):
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise UserError(f"model.target '{target}' is not an importable NeMo model class") from None
+
+
+def build_model(cfg: DictConfig, trainer=None):
+    """A fresh model (random weights) of the recipe's class and config."""
+    model_cfg = nemo_model_config(cfg)
+    cls = model_class(cfg.model.target)
+    return cls(cfg=model_cfg, trainer=trainer)
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Restore a ``.nemo`` (RNN-T or hybrid RNNT-CTC) for inference: eval mode, fp32, on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model '{path}' does not exist; pass a local .nemo file (train.py writes final.nemo)")
+    from nemo.collections.asr.models import ASRModel
+
+    try:
+        model = ASRModel.restore_from(str(path), map_location=device)
+    except Exception as err:  # NeMo raises many kinds for a bad archive
+        raise UserError(f"model '{path}' could not be loaded as a NeMo ASR model: {err}") from None
+    if hasattr(model, "cur_decoder") and hasattr(model, "change_decoding_strategy"):
+        # Hybrid RNNT+CTC checkpoints: stream with the RNN-T head.
+        model.change_decoding_strategy(decoder_type="rnnt", verbose=False)
+    model.eval()
+    return model
+
+
+def chunk_modes(model) -> list[ChunkMode]:
+    """Every chunk mode the encoder was configured with, default (first) first."""
+    enc = model.encoder
+    if getattr(enc, "att_context_style", None) != "chunked_limited":
+        raise UserError(
+            f"the model's encoder uses att_context_style={getattr(enc, 'att_context_style', None)!r}; "
+            "streamtune's streaming runner needs a cache-aware chunked_limited model"
+        )
+    hop_s = float(model.cfg.preprocessor.window_stride)
+    frame_ms = int(round(enc.subsampling_factor * hop_s * 1000))
+    return [ChunkMode(int(left), int(right), frame_ms) for left, right in enc.att_context_size_all]
+
+
+def select_modes(model, chunk_ms: list[int] | None) -> list[ChunkMode]:
+    modes = chunk_modes(model)
+    if not chunk_ms:
+        return modes
+    by_ms = {m.chunk_ms: m for m in modes}
+    missing = [ms for ms in chunk_ms if ms not in by_ms]
+    if missing:
+        raise UserError(f"chunk sizes {missing} ms are not modes of this model; it has {sorted(by_ms)} ms")
+    return [by_ms[ms] for ms in chunk_ms]

@@ -1,0 +1,27 @@
+"""Process-wide setup every entry point does the same way: seed, threads, precision."""
+
+from __future__ import annotations
+
+import os
+
+
+def setup_runtime(cfg=None, seed: int | None = None, num_threads: int | None = None) -> None:
+    """Seed everything (``run.seed``), pin CPU threads, and keep fp32 maths exact.
+
+    TF32 is switched off so that streaming and offline decoding stay comparable
+    on GPUs that would otherwise use it.
+    """
+    import torch
+    from lightning.pytorch import seed_everything
+
+    if cfg is not None:
+        seed = int(cfg.run.seed) if seed is None else seed
+        num_threads = cfg.trainer.num_threads if num_threads is None else num_threads
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    if seed is not None:
+        seed_everything(seed, workers=True, verbose=False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    # Tell tokenizers / OpenMP in loader workers not to oversubscribe the cores.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,205 @@
+"""The one streaming runner: cache-aware, chunk by chunk, many utterances as concurrent streams.
+
+It serves ``evaluate.py``, ``export parity`` and the benchmarks. For each chunk
+mode it decodes a batch of utterances two ways:
+
+* ``offline``: the whole utterance through the encoder with the mode's
+  ``att_context_size`` mask, then greedy RNN-T;
+* ``streaming``: mel frames fed chunk by chunk through
+  ``encoder.cache_aware_stream_step`` with the attention / convolution caches
+  carried between steps, greedy RNN-T hypotheses carried across chunks.
+
+Features are computed once per utterance (``normalize: "NA"``, no dither in
+eval mode), so the two paths see identical features and differ only in how the
+encoder is run.
+
+One deliberate difference from NeMo's ``CacheAwareStreamingAudioBuffer``: the
+pre-encode cache (the 9 mel frames the causal 8x subsampling needs from the
+past) is never filled with zeros from *before* the utterance start. NeMo zero-
+fills it, which for the 80 ms mode (first chunk = 1 mel frame) feeds the
+subsampling convolutions 8 zero mel frames whose intermediate activations are
+not the zero padding the offline convolutions see. We clip the window at the
+utterance start and drop exactly the pre-encoded frames already emitted,
+which makes streaming equal offline in every mode.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamtune.models import ChunkMode
+
+
+@dataclass
+class DecodeResult:
+    """Per-utterance outputs of one decoding pass, in input order."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    # Encoder outputs [T, D] per utterance (kept when asked, for parity checks).
+    encoded: list[torch.Tensor] | None = None
+    # Streaming only: number of encoder steps run per batch.
+    steps: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def att_context(model, mode: ChunkMode):
+    """Run the encoder in ``mode`` and restore its default afterwards."""
+    enc = model.encoder
+    previous = list(enc.att_context_size)
+    enc.set_default_att_context_size(mode.att_context)
+    enc.setup_streaming_params()
+    try:
+        yield enc
+    finally:
+        enc.set_default_att_context_size(previous)
+        enc.setup_streaming_params()
+
+
+class StreamingRunner:
+    """Decode utterances offline or cache-aware streaming with a NeMo RNN-T model.
+
+    ``batch_size`` utterances are decoded together (as concurrent streams in
+    streaming mode); results do not depend on it.
+    """
+
+    def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu", zero_fill_pre_cache: bool = False):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        # True reproduces NeMo's CacheAwareStreamingAudioBuffer (zero mel frames before the start);
+        # kept to measure what our clipping fixes, never the default.
+        self.zero_fill_pre_cache = zero_fill_pre_cache
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.subsampling = int(model.encoder.subsampling_factor)
+
+    # ----- features -------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, audio: np.ndarray) -> torch.Tensor:
+        """Mel features ``[F, T]`` of one 16 kHz mono utterance (computed alone, so batch-independent)."""
+        signal = torch.as_tensor(audio, dtype=torch.float32, device=self.device).reshape(1, -1)
+        length = torch.tensor([signal.shape[1]], device=self.device)
+        feats, feat_len = self.model.preprocessor(input_signal=signal, length=length)
+        return feats[0, :, : int(feat_len[0])]
+
+    @staticmethod
+    def _pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([f.shape[1] for f in feats], device=feats[0].device)
+        batch = feats[0].new_zeros(len(feats), feats[0].shape[0], int(lengths.max()))
+        for i, f in enumerate(feats):
+            batch[i, :, : f.shape[1]] = f
+        return batch, lengths
+
+    def _batches(self, n: int):
+        for start in range(0, n, self.batch_size):
+            yield list(range(start, min(n, start + self.batch_size)))
+
+    def _texts(self, tokens: list[list[int]]) -> list[str]:
+        return [self.model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
+
+    @staticmethod
+    def _token_list(hyp) -> list[int]:
+        seq = hyp.y_sequence
+        return [int(t) for t in (seq.tolist() if torch.is_tensor(seq) else seq)]
+
+    # ----- offline ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def offline(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False) -> DecodeResult:
+        tokens: list[list[int]] = [[] for _ in feats]
+        encoded_out: list[torch.Tensor | None] = [None] * len(feats)
+        with att_context(self.model, mode) as enc:
+            for idx in self._batches(len(feats)):
+                batch, lengths = self._pad([feats[i] for i in idx])
+                encoded, enc_len = enc(audio_signal=batch, length=lengths)
+                hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=encoded, encoded_lengths=enc_len, return_hypotheses=True
+                )
+                for j, i in enumerate(idx):
+                    tokens[i] = self._token_list(hyps[j])
+                    if keep_encoded:
+                        encoded_out[i] = encoded[j, :, : int(enc_len[j])].T.cpu()
+        return DecodeResult(tokens, self._texts(tokens), encoded_out if keep_encoded else None)
+
+    # ----- streaming -------------------------------------------------------------------------
+    @torch.no_grad()
+    def streaming(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False) -> DecodeResult:
+        tokens: list[list[int]] = [[] for _ in feats]
+        encoded_out: list[torch.Tensor | None] = [None] * len(feats)
+        steps = []
+        with att_context(self.model, mode) as enc:
+            for idx in self._batches(len(feats)):
+                # Longest first, so the streams still running are always a prefix of the batch.
+                idx = sorted(idx, key=lambda i: -feats[i].shape[1])
+                toks, encs, n_steps = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded)
+                steps.append(n_steps)
+                for j, i in enumerate(idx):
+                    tokens[i] = toks[j]
+                    if keep_encoded:
+                        encoded_out[i] = encs[j]
+        return DecodeResult(tokens, self._texts(tokens), encoded_out if keep_encoded else None, steps)
+
+    def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool):
+        cfg = enc.streaming_cfg
+        first_chunk, chunk = cfg.chunk_size
+        pre_cache = cfg.pre_encode_cache_size[1]
+        batch, lengths = self._pad(feats)
+        n_streams = len(feats)
+        cache_channel, cache_time, cache_channel_len = enc.get_initial_cache_state(
+            batch_size=n_streams, dtype=batch.dtype, device=batch.device
+        )
+        hyps: list = [None] * n_streams
+        pieces: list[list[torch.Tensor]] = [[] for _ in range(n_streams)]
+        start, step = 0, 0
+        while True:
+            n = int((lengths > start).sum())  # streams with audio left (a prefix: sorted by length)
+            if n == 0:
+                break
+            end = start + (first_chunk if step == 0 else chunk)
+            # The subsampling's look-back: up to `pre_cache` frames, never before the utterance start.
+            window_start = max(0, start - pre_cache)
+            window = batch[:n, :, window_start:end]
+            window_len = torch.clamp(lengths[:n] - window_start, max=end - window_start)
+            if self.zero_fill_pre_cache and step > 0 and start - window_start < pre_cache:
+                missing = pre_cache - (start - window_start)
+                window = torch.nn.functional.pad(window, (missing, 0))
+                window_len = window_len + missing
+                window_start -= missing
+            # Pre-encoded frames that cover only already-emitted audio: one per `subsampling` frames of look-back.
+            drop = math.ceil((start - window_start) / self.subsampling)
+            encoded, enc_len, next_channel, next_time, next_channel_len = enc.cache_aware_stream_step(
+                processed_signal=window,
+                processed_signal_length=window_len,
+                cache_last_channel=cache_channel[:, :n],
+                cache_last_time=cache_time[:, :n],
+                cache_last_channel_len=cache_channel_len[:n],
+                keep_all_outputs=True,
+                drop_extra_pre_encoded=drop,
+            )
+            # Streams are independent: a finished stream simply leaves the batch.
+            cache_channel = cache_channel.clone()
+            cache_time = cache_time.clone()
+            cache_channel_len = cache_channel_len.clone()
+            cache_channel[:, :n] = next_channel
+            cache_time[:, :n] = next_time
+            cache_channel_len[:n] = next_channel_len
+            new_hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=encoded,
+                encoded_lengths=enc_len,
+                return_hypotheses=True,
+                partial_hypotheses=hyps[:n] if step > 0 else None,
+            )
+            hyps[:n] = new_hyps
+            if keep_encoded:
+                for j in range(n):
+                    pieces[j].append(encoded[j, :, : int(enc_len[j])].T.cpu())
+            start = end
+            step += 1
+        tokens = [self._token_list(h) if h is not None else [] for h in hyps]
+        encoded_full = [torch.cat(p) if p else torch.zeros(0) for p in pieces] if keep_encoded else None
+        return tokens, encoded_full, step

@@ -1,0 +1,92 @@
+"""Train a cache-aware streaming FastConformer-RNNT from a recipe.
+
+    python train.py --config recipes/demo/tiny_cpu.yaml [key=value ...]
+
+config -> seed -> run dir -> model -> data -> Trainer.fit -> final.nemo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from streamtune.config import add_config_args, load_config, resolved, save_config
+from streamtune.errors import cli_entry
+
+
+def build_trainer(cfg, run_dir: Path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from streamtune.tracking import make_loggers
+
+    tcfg = cfg.trainer
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:07d}-wer{val_wer:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val_wer",
+        mode="min",
+        save_top_k=2,
+        save_last=True,
+        every_n_train_steps=tcfg.val_check_interval,
+    )
+    return pl.Trainer(
+        default_root_dir=run_dir,
+        max_steps=tcfg.max_steps,
+        max_epochs=-1,  # Lhotse sampling is step-driven: max_steps ends training
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        num_nodes=tcfg.num_nodes,
+        precision=tcfg.precision,
+        val_check_interval=tcfg.val_check_interval,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        gradient_clip_val=tcfg.gradient_clip_val,
+        accumulate_grad_batches=tcfg.accumulate_grad_batches,
+        enable_progress_bar=tcfg.enable_progress_bar,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # Lhotse samplers shard the data across ranks themselves
+        logger=make_loggers(cfg, run_dir),
+        callbacks=[checkpoints],
+        enable_model_summary=True,
+    )
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(resolved(cfg)))
+        return 0
+    from streamtune.models import build_model, nemo_model_config
+    from streamtune.rundir import make_run_dir, write_env
+    from streamtune.runtime import setup_runtime
+
+    nemo_model_config(cfg)  # validate paths and model config before anything is written
+    setup_runtime(cfg)
+    run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
+    save_config(cfg, run_dir / "config.yaml")
+    write_env(run_dir / "env.json")
+    print(f"run dir: {run_dir}", flush=True)
+
+    trainer = build_trainer(cfg, run_dir)
+    model = build_model(cfg, trainer=trainer)
+    started = time.time()
+    trainer.fit(model)
+    final = run_dir / "final.nemo"
+    if trainer.global_rank == 0:
+        model.save_to(str(final))
+        print(f"trained {trainer.global_step} steps in {time.time() - started:.0f} s; wrote {final}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
