@@ -22,6 +22,7 @@ def build_trainer(cfg, run_dir: Path):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from streamtune.callbacks import Throughput
     from streamtune.tracking import make_loggers
 
     tcfg = cfg.trainer
@@ -33,7 +34,7 @@ def build_trainer(cfg, run_dir: Path):
         mode="min",
         save_top_k=2,
         save_last=True,
-        every_n_train_steps=tcfg.val_check_interval,
+        save_on_train_epoch_end=False,  # save after each validation, when val_wer exists
     )
     return pl.Trainer(
         default_root_dir=run_dir,
@@ -52,7 +53,7 @@ def build_trainer(cfg, run_dir: Path):
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # Lhotse samplers shard the data across ranks themselves
         logger=make_loggers(cfg, run_dir),
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, Throughput(cfg.model.sample_rate)],
         enable_model_summary=True,
     )
 

@@ -70,7 +70,7 @@ def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words:
     return sentences
 
 
-def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 3, max_words: int = 7) -> list[Utterance]:
+def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 2, max_words: int = 5) -> list[Utterance]:
     """Decide every utterance (text, voice, rate, pitch) from the seed; splits never share a sentence."""
     rng = random.Random(seed)
     used: set[str] = set()
@@ -116,13 +116,13 @@ def synthesize(utt: Utterance) -> np.ndarray:
 
 def prepare_synthetic(
     out_dir: str | Path,
-    num_train: int = 600,
+    num_train: int = 3000,
     num_dev: int = 40,
-    num_test: int = 40,
+    num_test: int = 60,
     seed: int = 0,
     num_jobs: int = 2,
-    min_words: int = 3,
-    max_words: int = 7,
+    min_words: int = 2,
+    max_words: int = 5,
     force: bool = False,
 ) -> dict[str, Path]:
     """Generate the corpus into ``out_dir``; returns ``{split: cuts_path}``.

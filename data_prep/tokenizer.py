@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -27,10 +28,13 @@ def train_tokenizer(cuts_paths: list[str | Path], out_dir: str | Path, vocab_siz
     the result loads exactly as NeMo tokenizers do. Case and punctuation are kept.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "tokenizer.model").exists() and not force:
-        print(f"tokenizer in {out_dir} exists (use --force to retrain)")
-        return out_dir
     texts = [t for p in cuts_paths for t in read_texts(p)]
+    # Retrain whenever the transcripts or settings change; reuse otherwise.
+    key = hashlib.sha256(repr((vocab_size, tokenizer_type, texts)).encode()).hexdigest()
+    stamp = out_dir / ".tokenizer.done"
+    if not force and (out_dir / "tokenizer.model").exists() and stamp.exists() and stamp.read_text() == key:
+        print(f"tokenizer in {out_dir} is up to date (use --force to retrain)")
+        return out_dir
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,5 +49,6 @@ def train_tokenizer(cuts_paths: list[str | Path], out_dir: str | Path, vocab_siz
         except RuntimeError as err:
             raise UserError(f"SentencePiece could not build a {vocab_size}-token vocabulary: {err}. "
                             "Lower --vocab-size.") from None
+    stamp.write_text(key)
     print(f"tokenizer ({vocab_size} pieces, {tokenizer_type}) written to {out_dir}")
     return out_dir

@@ -115,8 +115,14 @@ def _known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(err: ConfigKeyError, where: str, cfg: DictConfig) -> UserError:
+def _unknown_key_error(err: ConfigKeyError, where: str, cfg: DictConfig, overrides: list[str] = ()) -> UserError:
     full_key = getattr(err, "full_key", None) or str(err)
+    # Name the key as the user typed it (OmegaConf stops at the first unknown level).
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+")
+        if key == full_key or key.startswith(full_key + "."):
+            full_key = key
+            break
     known = _known_keys(cfg)
     close = difflib.get_close_matches(full_key, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -174,7 +180,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *
         if plain:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain))
     except ConfigKeyError as err:
-        raise _unknown_key_error(err, "command-line overrides", cfg) from None
+        raise _unknown_key_error(err, "command-line overrides", cfg, overrides) from None
     except ValidationError as err:
         raise UserError(f"override for '{err.full_key}': {err.msg}") from None
     OmegaConf.set_struct(cfg, True)

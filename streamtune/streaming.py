@@ -181,10 +181,7 @@ class StreamingRunner:
                 keep_all_outputs=True,
                 drop_extra_pre_encoded=drop,
             )
-            # Streams are independent: a finished stream simply leaves the batch.
-            cache_channel = cache_channel.clone()
-            cache_time = cache_time.clone()
-            cache_channel_len = cache_channel_len.clone()
+            # Streams are independent: a finished stream simply leaves the batch (the prefix shrinks).
             cache_channel[:, :n] = next_channel
             cache_time[:, :n] = next_time
             cache_channel_len[:n] = next_channel_len

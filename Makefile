@@ -1,0 +1,61 @@
+# streamtune: every target sets up what it needs (idempotent), so on a fresh machine
+#   make demo   runs the whole pipeline on generated speech
+#   make test   runs the test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := outputs/demo
+RECIPE := recipes/demo/tiny_cpu.yaml
+MODEL := $(DEMO)/runs/tiny_cpu/latest/final.nemo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup system demo demo-data test test-slow clean
+
+help:
+	@echo "make demo       generate speech, train, evaluate and export the tiny demo model (~15 min on 2 cores)"
+	@echo "make test       run the test suite (slow tests skipped; make test-slow runs them)"
+	@echo "make setup      system packages (espeak-ng, sox, libsndfile1) + .venv with pinned versions"
+
+setup: system $(STAMP)
+
+# System packages the pipeline and tests use: espeak-ng (speech), sox, libsndfile1 (audio I/O).
+system:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null || missing="$$missing sox"; \
+	ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || missing="$$missing libsndfile1"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# constraints.txt pins every Python package to versions tested together (torch is the CPU build).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo-data: setup
+	$(PY) -m data_prep synthetic --out $(DEMO)/data
+	$(PY) -m data_prep tokenizer --cuts $(DEMO)/data/cuts_train.jsonl.gz --out $(DEMO)/data/tokenizer --vocab-size 48
+
+demo: demo-data
+	@start=$$(date +%s); \
+	$(PY) train.py --config $(RECIPE) && \
+	$(PY) evaluate.py --config $(RECIPE) --model $(MODEL) && \
+	$(PY) -m export parity --config $(RECIPE) --model $(MODEL) && \
+	$(PY) -m export package --config $(RECIPE) --model $(MODEL) && \
+	echo "demo pipeline (train + evaluate + export) took $$(( $$(date +%s) - start )) s; WER table: $(MODEL:final.nemo=eval/results.md)"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q --run-slow
+
+clean:
+	rm -rf outputs dist runs .pytest_cache

@@ -1,0 +1,100 @@
+"""Shared fixtures: a generated corpus, a tokenizer and a tiny trained model, built once per session.
+
+Everything is real (espeak-ng speech, NeMo, Lhotse, Lightning); the model is
+the demo recipe shrunk so that the whole suite runs in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_RECIPE = REPO / "recipes" / "demo" / "tiny_cpu.yaml"
+
+# The demo geometry in miniature: same class, same four chunk modes, fewer/smaller layers.
+TINY_MODEL = [
+    "model.encoder.n_layers=1",
+    "model.encoder.d_model=32",
+    "model.encoder.n_heads=2",
+    "model.encoder.subsampling_conv_channels=16",
+    "model.model_defaults.pred_hidden=32",
+    "model.model_defaults.joint_hidden=32",
+    "model.preprocessor.features=40",
+]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow (minutes each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow (or `make test-slow`) to run")
+    skip_gpu = pytest.mark.skip(reason="gpu: no CUDA device here")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_env():
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    from data_prep.synthetic import prepare_synthetic
+    from data_prep.tokenizer import train_tokenizer
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: run `make setup` (the test suite generates its speech with it)")
+    root = tmp_path_factory.mktemp("corpus")
+    prepare_synthetic(root, num_train=48, num_dev=6, num_test=8, seed=7, min_words=2, max_words=4)
+    train_tokenizer([root / "cuts_train.jsonl.gz"], root / "tokenizer", vocab_size=48)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
+    out = tmp_path_factory.mktemp("runs")
+    return [
+        f"data.train={corpus / 'cuts_train.jsonl.gz'}",
+        f"data.dev={corpus / 'cuts_dev.jsonl.gz'}",
+        f"data.test={corpus / 'cuts_test.jsonl.gz'}",
+        f"data.tokenizer_dir={corpus / 'tokenizer'}",
+        "data.num_workers=0",
+        "data.batch_duration_s=20",
+        f"run.output_dir={out}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "eval.batch_size=3",
+        f"export.dist_dir={out / 'dist'}",
+        *TINY_MODEL,
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_overrides) -> Path:
+    """Run the real train.py entry point on the tiny model; returns its run dir."""
+    import train
+
+    assert train.main(["--config", str(DEMO_RECIPE), *tiny_overrides]) == 0
+    output_dir = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("run.output_dir="))
+    return (Path(output_dir) / "tiny_cpu" / "latest").resolve()
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_run):
+    from streamtune.models import load_model
+
+    return load_model(trained_run / "final.nemo")

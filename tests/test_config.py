@@ -1,0 +1,92 @@
+"""The config system: every recipe loads against the schema; typos are errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from streamtune.config import load_config, resolved, save_config
+from streamtune.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert RECIPES, "no recipes found under recipes/"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_recipe_loads_against_the_schema(recipe):
+    cfg = load_config(recipe)
+    assert cfg.run.name and cfg.run.seed is not None
+    resolved(cfg)  # every interpolation resolves
+    text = recipe.read_text().splitlines()
+    assert text[0].startswith("#"), "a recipe opens with what it is for"
+    assert any("python " in line or "make " in line for line in text[:15]), "a recipe names the command that runs it"
+
+
+def test_override_applies_and_types_are_checked():
+    cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["trainer.max_steps=7", "model.encoder.n_layers=3"])
+    assert cfg.trainer.max_steps == 7 and cfg.model.encoder.n_layers == 3
+    with pytest.raises(UserError, match="trainer.max_steps"):
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["trainer.max_steps=lots"])
+
+
+@pytest.mark.parametrize("key", ["trainer.max_step=5", "model.encoder.n_layer=3", "runn.seed=1"])
+def test_misspelt_override_names_the_key(key):
+    with pytest.raises(UserError) as err:
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", [key])
+    assert key.split("=")[0] in str(err.value)
+
+
+def test_misspelt_key_suggests_the_right_one():
+    with pytest.raises(UserError, match="Did you mean trainer.max_steps"):
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["trainer.max_step=5"])
+
+
+def test_misspelt_key_in_recipe_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# bad\nrun: {name: x, seed: 1}\ntrainer: {max_stepz: 3}\n")
+    with pytest.raises(UserError, match="trainer.max_stepz"):
+        load_config(bad)
+
+
+def test_plus_adds_keys_inside_model_only():
+    cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["+model.encoder.new_knob=1"])
+    assert cfg.model.encoder.new_knob == 1
+    with pytest.raises(UserError, match="only keys inside `model`"):
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["+trainer.new_knob=1"])
+
+
+def test_required_values(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# r\nrun: {name: x}\n")
+    with pytest.raises(UserError, match="run.seed"):
+        load_config(recipe)
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_is_written(tmp_path):
+    cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["data.tokenizer_dir=/some/tok"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    saved = OmegaConf.load(path)
+    assert saved.model.tokenizer.dir == "/some/tok"  # interpolation resolved
+    assert saved.model.encoder.feat_in == saved.model.preprocessor.features
+
+
+@pytest.mark.parametrize("entry", [["train.py"], ["evaluate.py", "--model", "x.nemo"],
+                                   ["-m", "export", "parity", "--model", "x.nemo"]])
+def test_cli_misspelt_override_exits_nonzero_with_one_message(entry):
+    proc = subprocess.run(
+        [sys.executable, *entry, "--config", "recipes/demo/tiny_cpu.yaml", "trainer.max_step=5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown config key 'trainer.max_step'" in proc.stderr
+    assert "Traceback" not in proc.stderr

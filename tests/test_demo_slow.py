@@ -1,0 +1,23 @@
+"""The demo learns: `make demo` end to end, with the README's WER bars asserted (slow: ~15 min)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_make_demo_learns():
+    proc = subprocess.run(["make", "demo"], cwd=REPO, capture_output=True, text=True, timeout=30 * 60)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = (REPO / "outputs/demo/runs/tiny_cpu/latest").resolve()
+    results = json.loads((run / "eval" / "results.json").read_text())
+    wer = {r["chunk_ms"]: r["wer"] for r in results["results"] if r["decode"] == "streaming"}
+    assert wer[1120] <= 0.15 and wer[80] <= 0.25, wer
+    assert all(results["streaming_equals_offline"].values()), results["streaming_equals_offline"]
+    parity = json.loads((REPO / "dist/tiny_cpu/parity.json").read_text())
+    assert parity["passed"] and parity["model_sha256"]
