@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtune.config import add_config_args, load_config, save_config
+from streamtune.config import add_config_args, load_config
 from streamtune.errors import UserError, cli_entry
 
 
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from export.package import package
 
-        package(model, Path(args.model), bundle)
-        save_config(cfg, bundle / "config.yaml")
+        package(model, Path(args.model), bundle, cfg)
         print(f"bundle ready: {bundle}")
     return 0
 

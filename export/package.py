@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from export.parity import sha256_file
+from streamtune.config import save_config
 from streamtune.errors import UserError
 
 
@@ -38,7 +39,7 @@ def write_manifest(bundle: Path) -> Path:
     return path
 
 
-def package(model, model_path: Path, bundle: Path) -> Path:
+def package(model, model_path: Path, bundle: Path, cfg) -> Path:
     parity_path = bundle / "parity.json"
     if not parity_path.exists():
         raise UserError(f"{parity_path} is missing; run `python -m export parity` first (package needs its verdict)")
@@ -49,5 +50,6 @@ def package(model, model_path: Path, bundle: Path) -> Path:
         raise UserError(f"{parity_path} was made for another model file; rerun `python -m export parity` for {model_path}")
     shutil.copyfile(model_path, bundle / "model.nemo")
     write_tokenizer(model, bundle / "tokenizer")
-    write_manifest(bundle)
+    save_config(cfg, bundle / "config.yaml")
+    write_manifest(bundle)  # last: it hashes everything above
     return bundle
