@@ -15,6 +15,7 @@ activation values). Results go to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -92,9 +93,23 @@ def main(argv=None) -> int:
             rows.append((which, loss_name, first, last, statistics.median(times)))
             print(f"{which:8s} {loss_name:15s} first {first * 1000:8.1f} ms  last {last * 1000:8.1f} ms  "
                   f"median {statistics.median(times) * 1000:8.1f} ms", flush=True)
+    # Does the Python heap matter (garbage collection triggered by the many small tensors)?
+    heap_rows = []
+    acts, toks, enc_len, t_len = joint_acts(trained, batch)
+    for live in (0, 4_000_000):
+        heap = [[i] for i in range(live)]  # noqa: F841  (kept alive on purpose)
+        before = sum(s["collections"] for s in gc.get_stats())
+        times = time_loss("warprnnt_numba", num_classes, acts, toks, enc_len, t_len, max(3, args.calls // 4))
+        collections = sum(s["collections"] for s in gc.get_stats()) - before
+        heap_rows.append((live, statistics.median(times), collections / len(times)))
+        print(f"numba with {live:,} live objects: {statistics.median(times) * 1000:.1f} ms, "
+              f"{collections / len(times):.1f} GC collections per call", flush=True)
+        del heap
     shape = f"B={len(utts)}, T<={int(acts.shape[1])}, U<={int(acts.shape[2])}, V+1={int(acts.shape[3])}"
     table = ["| activations | loss | first calls (ms) | last calls (ms) | median (ms) |", "|---|---|---|---|---|"]
     table += [f"| {w} | {n} | {f * 1000:.1f} | {l * 1000:.1f} | {m * 1000:.1f} |" for w, n, f, l, m in rows]
+    table += ["", "| live Python objects | warprnnt_numba median (ms) | GC collections per call |", "|---|---|---|"]
+    table += [f"| {live:,} | {t * 1000:.1f} | {c:.1f} |" for live, t, c in heap_rows]
     text = "\n".join(table)
     print(text)
     if args.write:

@@ -62,3 +62,34 @@ def test_results_do_not_depend_on_batch_size(random_model, feats):
     one = StreamingRunner(random_model, batch_size=1).streaming(mode, feats)
     many = StreamingRunner(random_model, batch_size=5).streaming(mode, feats)
     assert one.tokens == many.tokens
+
+
+def test_hybrid_rnnt_ctc_checkpoint_streams_with_its_rnnt_head(tiny_overrides, corpus, tmp_path):
+    """Some ports of the target model are EncDecHybridRNNTCTCBPEModel: load_model and the runner handle it."""
+    from omegaconf import OmegaConf, open_dict
+
+    from streamtune.config import load_config
+    from streamtune.models import load_model, nemo_model_config
+    from tests.conftest import DEMO_RECIPE
+
+    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
+
+    model_cfg = nemo_model_config(load_config(DEMO_RECIPE, tiny_overrides))
+    with open_dict(model_cfg):
+        model_cfg.aux_ctc = OmegaConf.create({
+            "ctc_loss_weight": 0.3, "use_cer": False, "ctc_reduction": "mean_batch",
+            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+                        "feat_in": model_cfg.encoder.d_model, "num_classes": -1, "vocabulary": []},
+            "decoding": {"strategy": "greedy"},
+        })
+    torch.manual_seed(0)
+    path = tmp_path / "hybrid.nemo"
+    EncDecHybridRNNTCTCBPEModel(cfg=model_cfg).save_to(str(path))
+    model = load_model(path)
+    assert type(model).__name__ == "EncDecHybridRNNTCTCBPEModel" and model.cur_decoder == "rnnt"
+    runner = StreamingRunner(model, batch_size=4)
+    feats = [runner.features(u.audio) for u in load_utterances(corpus / "cuts_test.jsonl.gz")]
+    mode = next(m for m in chunk_modes(model) if m.chunk_ms == 80)
+    offline, streaming = runner.offline(mode, feats, keep_encoded=True), runner.streaming(mode, feats, keep_encoded=True)
+    assert streaming.tokens == offline.tokens and sum(map(len, offline.tokens)) > 0
+    assert _max_diff(offline.encoded, streaming.encoded) < 1e-4
