@@ -173,10 +173,10 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *
     OmegaConf.set_struct(cfg, True)
     try:
         if added:
-            with _open_struct(cfg.model):
-                add_cfg = OmegaConf.from_dotlist(added)
-                cfg = OmegaConf.merge(cfg, add_cfg)
-                OmegaConf.set_struct(cfg, True)
+            # Open `model` for the additions only, then let it inherit struct mode again.
+            OmegaConf.set_struct(cfg.model, False)
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(added))
+            OmegaConf.set_struct(cfg.model, None)
         if plain:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain))
     except ConfigKeyError as err:
@@ -187,19 +187,6 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *
     if check_missing:
         require(cfg, ["run.name", "run.seed"])
     return cfg
-
-
-class _open_struct:
-    """Context manager that lifts struct mode on one node (for '+' additions)."""
-
-    def __init__(self, node: DictConfig):
-        self.node = node
-
-    def __enter__(self):
-        OmegaConf.set_struct(self.node, False)
-
-    def __exit__(self, *exc):
-        OmegaConf.set_struct(self.node, True)
 
 
 def require(cfg: DictConfig, keys: list[str]) -> None:

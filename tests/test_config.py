@@ -59,6 +59,8 @@ def test_misspelt_key_in_recipe_file(tmp_path):
 def test_plus_adds_keys_inside_model_only():
     cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["+model.encoder.new_knob=1"])
     assert cfg.model.encoder.new_knob == 1
+    with pytest.raises(UserError, match="model.encoder.typo"):  # adding one key does not open the section
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["+model.encoder.new_knob=1", "model.encoder.typo=2"])
     with pytest.raises(UserError, match="only keys inside `model`"):
         load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["+trainer.new_knob=1"])
 
