@@ -59,3 +59,16 @@ def test_training_is_reproducible_from_the_seed(trained_run, tiny_overrides, tmp
     second = [r["train_loss"] for r in csv.DictReader(open(tmp_path / "tiny_cpu" / "latest" / "logs" / "metrics.csv"))
               if r.get("train_loss")]
     assert second and second == first[: len(second)]
+
+
+def test_wandb_offline_run_is_written(tiny_overrides, tmp_path):
+    """W&B's real client in offline mode: no network needed, run files land in the run dir."""
+    import train
+    from tests.conftest import DEMO_RECIPE
+
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
+    assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"run.output_dir={tmp_path}", "trainer.max_steps=3",
+                       "logger.wandb_mode=offline"]) == 0
+    run_dir = (tmp_path / "tiny_cpu" / "latest").resolve()
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline W&B run with its data file"
