@@ -20,7 +20,7 @@ from streamtune.errors import cli_entry
 
 def build_trainer(cfg, run_dir: Path):
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     from streamtune.callbacks import Throughput
     from streamtune.tracking import make_loggers
@@ -36,6 +36,10 @@ def build_trainer(cfg, run_dir: Path):
         save_last=True,
         save_on_train_epoch_end=False,  # save after each validation, when val_wer exists
     )
+    callbacks = [checkpoints, Throughput(cfg.model.sample_rate)]
+    if tcfg.enable_progress_bar:
+        # In a log file (no terminal) every redraw is a new line: redraw less often there.
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 50))
     return pl.Trainer(
         default_root_dir=run_dir,
         max_steps=tcfg.max_steps,
@@ -53,7 +57,7 @@ def build_trainer(cfg, run_dir: Path):
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # Lhotse samplers shard the data across ranks themselves
         logger=make_loggers(cfg, run_dir),
-        callbacks=[checkpoints, Throughput(cfg.model.sample_rate)],
+        callbacks=callbacks,
         enable_model_summary=True,
     )
 

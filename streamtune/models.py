@@ -56,7 +56,7 @@ def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
 
 def nemo_model_config(cfg: DictConfig) -> DictConfig:
     """NeMo's model config from a recipe: the ``model`` section plus datasets from ``data``."""
-    require(cfg, ["model.target", "data.tokenizer_dir"])
+    require(cfg, ["model.target", "model.tokenizer.dir"])
     model_cfg = resolved(cfg).model
     with open_dict(model_cfg):
         model_cfg.pop("target")
