@@ -22,6 +22,33 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--num-jobs", type=int, default=2)
     syn.add_argument("--force", action="store_true", help="regenerate even if the corpus is up to date")
 
+    def add_common(p):
+        p.add_argument("--out", required=True, help="output directory (cuts_<split>.jsonl.gz, rejected.jsonl, report.json)")
+        p.add_argument("--split", default="train", help="name of the cuts file written: cuts_<split>.jsonl.gz")
+        p.add_argument("--no-audio-check", action="store_true", help="trust the metadata; do not decode audio")
+        p.add_argument("--tokenizer", help="tokenizer dir: reject transcripts with characters it cannot spell")
+        p.add_argument("--lowercase", action="store_true")
+        p.add_argument("--strip-punctuation", action="store_true")
+        p.add_argument("--min-duration", type=float, default=0.1, help="seconds")
+        p.add_argument("--max-duration", type=float, default=40.0, help="seconds")
+        p.add_argument("--shar", action="store_true", help="also write Lhotse Shar shards (flac) under <out>/shar/<split>")
+        p.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard")
+
+    nemo = sub.add_parser("nemo", aliases=["granary"], help="NeMo / Granary JSONL manifests (globs allowed)")
+    nemo.add_argument("--manifest", required=True, nargs="+")
+    nemo.add_argument("--text-key", default="text", help="transcript field: text, or answer for Granary")
+    nemo.add_argument("--lang", help="keep only lines whose source_lang/lang is this")
+    add_common(nemo)
+
+    fold = sub.add_parser("folder", help="a folder of audio files with sibling .txt transcripts or one TSV/CSV")
+    fold.add_argument("--dir", required=True)
+    fold.add_argument("--transcripts", help="TSV/CSV with columns id or path, and text")
+    add_common(fold)
+
+    lho = sub.add_parser("lhotse", help="existing Lhotse cuts: validate and rewrite")
+    lho.add_argument("--cuts", required=True, nargs="+")
+    add_common(lho)
+
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer from cuts into a NeMo tokenizer dir")
     tok.add_argument("--cuts", required=True, nargs="+", help="cuts file(s) whose transcripts train it")
     tok.add_argument("--out", required=True, help="output tokenizer directory")
@@ -39,6 +66,27 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed,
                           num_jobs=args.num_jobs, min_words=args.min_words, max_words=args.max_words, force=args.force)
+    elif args.command in ("nemo", "granary", "folder", "lhotse"):
+        from data_prep import sources
+        from data_prep.validate import ValidationConfig, tokenizer_alphabet, write_validated
+
+        cfg = ValidationConfig(
+            check_audio=not args.no_audio_check, min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+            alphabet=tokenizer_alphabet(args.tokenizer) if args.tokenizer else None,
+            lowercase=args.lowercase, strip_punctuation=args.strip_punctuation,
+        )
+        if args.command == "folder":
+            items = sources.folder(args.dir, args.transcripts)
+        elif args.command == "lhotse":
+            items = sources.lhotse_cuts(args.cuts)
+        else:
+            items = sources.nemo_manifests(args.manifest, text_key=args.text_key, language=args.lang,
+                                           read_header=not args.no_audio_check)
+        write_validated(items, args.out, args.split, cfg)
+        if args.shar:
+            from data_prep.shar import export_shar
+
+            export_shar(f"{args.out}/cuts_{args.split}.jsonl.gz", f"{args.out}/shar/{args.split}", args.shar_shard_size)
     elif args.command == "tokenizer":
         from data_prep.tokenizer import train_tokenizer
 

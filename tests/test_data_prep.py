@@ -1,0 +1,203 @@
+"""data_prep sources and validation: real files in, validated cuts out, every rejection with its reason."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from lhotse import CutSet
+
+from data_prep.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def speech(corpus):
+    """(path, text, duration) of a few generated 16 kHz utterances."""
+    cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz")
+    return [(Path(c.recording.sources[0].source), c.supervisions[0].text, c.duration) for c in list(cuts)[:6]]
+
+
+def _write_manifest(path: Path, lines: list) -> Path:
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
+    return path
+
+
+def _rejected(out: Path) -> list[dict]:
+    return [json.loads(line) for line in open(out / "rejected.jsonl")]
+
+
+def test_nemo_manifest_relative_paths_offsets_and_custom_fields(speech, tmp_path):
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    for path, _, _ in speech:
+        shutil.copy(path, audio_dir / path.name)
+    (p0, t0, d0), (p1, t1, d1) = speech[0], speech[1]
+    _write_manifest(tmp_path / "train.jsonl", [
+        {"audio_filepath": f"audio/{p0.name}", "duration": d0, "text": t0, "source_lang": "en", "domain": "home"},
+        {"audio_filepath": str(audio_dir / p1.name), "duration": 0.5, "offset": 0.25, "text": t1, "source_lang": "en"},
+        {"audio_filepath": f"audio/{p1.name}", "duration": d1, "text": t1, "source_lang": "de"},
+    ])
+    out = tmp_path / "out"
+    assert main(["nemo", "--manifest", str(tmp_path / "*.jsonl"), "--out", str(out), "--lang", "en"]) == 0
+    cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
+    first = cuts[p0.stem]
+    assert first.supervisions[0].text == t0 and abs(first.duration - d0) < 1e-6
+    assert first.custom["domain"] == "home" and first.custom["source_lang"] == "en"
+    sliced = cuts[f"{p1.stem}-250"]
+    assert sliced.start == 0.25 and sliced.duration == 0.5
+    assert sliced.load_audio().shape[-1] == 8000
+    report = json.loads((out / "report.json").read_text())
+    assert (report["read"], report["kept"], report["rejected"]) == (3, 2, 1)
+    assert report["rejected_reasons"] == {"other_language": 1}
+
+
+def test_granary_answer_key_and_text_normalisation(speech, tmp_path):
+    p0, _, d0 = speech[0]
+    manifest = _write_manifest(tmp_path / "g.jsonl", [
+        {"audio_filepath": str(p0), "duration": d0, "answer": "  Turn  ON the\tLamp,  please! "}])
+    out = tmp_path / "out"
+    assert main(["granary", "--manifest", str(manifest), "--text-key", "answer", "--out", str(out)]) == 0
+    (cut,) = CutSet.from_file(out / "cuts_train.jsonl.gz")
+    assert cut.supervisions[0].text == "Turn ON the Lamp, please!"  # case and punctuation kept by default
+    out2 = tmp_path / "out2"
+    main(["granary", "--manifest", str(manifest), "--text-key", "answer", "--out", str(out2), "--lowercase",
+          "--strip-punctuation"])
+    (cut,) = CutSet.from_file(out2 / "cuts_train.jsonl.gz")
+    assert cut.supervisions[0].text == "turn on the lamp please"
+
+
+def test_folder_with_txt_and_with_tsv(speech, tmp_path):
+    txt_dir, tsv_dir = tmp_path / "txt", tmp_path / "tsv"
+    txt_dir.mkdir(), tsv_dir.mkdir()
+    rows = ["path\ttext"]
+    for path, text, _ in speech[:3]:
+        shutil.copy(path, txt_dir / path.name)
+        (txt_dir / path.name).with_suffix(".txt").write_text(text + "\n")
+        shutil.copy(path, tsv_dir / path.name)
+        rows.append(f"{path.name}\t{text}")
+    (tsv_dir / "transcripts.tsv").write_text("\n".join(rows) + "\n")
+    for name, extra in (("txt", []), ("tsv", ["--transcripts", str(tsv_dir / "transcripts.tsv")])):
+        out = tmp_path / f"out_{name}"
+        assert main(["folder", "--dir", str(tmp_path / name), "--out", str(out), *extra]) == 0
+        cuts = CutSet.from_file(out / "cuts_train.jsonl.gz")
+        assert sorted(c.supervisions[0].text for c in cuts) == sorted(t for _, t, _ in speech[:3])
+
+
+def test_wrong_rate_mono_is_resampled_lazily(speech, tmp_path):
+    import soxr
+
+    path, text, _ = speech[0]
+    audio, rate = sf.read(path, dtype="float32")
+    low = tmp_path / "low.wav"
+    sf.write(low, soxr.resample(audio, rate, 8000), 8000)
+    (tmp_path / "low.txt").write_text(text)
+    out = tmp_path / "out"
+    assert main(["folder", "--dir", str(tmp_path), "--out", str(out)]) == 0
+    (cut,) = CutSet.from_file(out / "cuts_train.jsonl.gz")
+    assert cut.sampling_rate == 16000
+    assert [t.to_dict()["kwargs"]["source_sampling_rate"] for t in cut.recording.transforms] == [8000]  # lazy
+    assert abs(cut.load_audio().shape[-1] - round(cut.duration * 16000)) <= 1
+    assert json.loads((out / "report.json").read_text())["notes"] == {"resampled_8000hz": 1}
+
+
+def test_bad_inputs_each_rejected_with_a_distinct_reason(speech, corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good_path, good_text, good_dur = speech[0]
+    audio, rate = sf.read(good_path, dtype="float32")
+    truncated = bad / "truncated.wav"
+    data = good_path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # header promises twice what is there
+    corrupt = bad / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEthis is not audio" * 10)
+    stereo8k = bad / "stereo8k.wav"
+    sf.write(stereo8k, np.stack([audio[::2], audio[::2]], axis=1), 8000)
+    empty = bad / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype="float32"), 16000)
+    nan = bad / "nan.wav"
+    nan_audio = audio.copy()
+    nan_audio[100:200] = np.nan
+    sf.write(nan, nan_audio, 16000, subtype="FLOAT")
+    silent = bad / "silent.wav"
+    sf.write(silent, np.zeros(16000, dtype="float32"), 16000)
+    dup, no_text = bad / "dup.wav", bad / "no_text.wav"
+    shutil.copy(good_path, dup)
+    shutil.copy(good_path, no_text)
+
+    def line(path, text=good_text, duration=good_dur):
+        return {"audio_filepath": str(path), "duration": duration, "text": text}
+
+    expected = {  # manifest line -> reason
+        1: None,  # a good line: kept
+        2: "missing_audio",
+        3: "duration_mismatch",
+        4: "undecodable_audio",
+        5: "multichannel_audio",
+        6: "empty_audio",
+        7: "nonfinite_samples",
+        8: "silent_audio",
+        9: "empty_text",
+        10: "out_of_alphabet",
+        11: None,
+        12: "duplicate_id",
+        13: "malformed_line",
+        14: "invalid_utf8",
+    }
+    manifest = _write_manifest(bad / "bad.jsonl", [
+        line(good_path), line(bad / "missing.wav"), line(truncated), line(corrupt, duration=1.0),
+        line(stereo8k, duration=len(audio[::2]) / 8000), line(empty, duration=1.0), line(nan), line(silent, duration=1.0),
+        line(no_text, text="   "), line(dup, text="Ünïcode ©"), line(dup), line(dup),
+        b'{"audio_filepath": "x.wav", "duration": 1.0, "text": "unterminated\n',
+        b'{"audio_filepath": "y.wav", "text": "caf\xe9"}\n',
+    ])
+    out = tmp_path / "out"
+    assert main(["nemo", "--manifest", str(manifest), "--out", str(out),
+                 "--tokenizer", str(corpus / "tokenizer"), "--min-duration", "0.0"]) == 0
+    got = {}
+    for rej in _rejected(out):
+        line_no = int(re.search(r"bad\.jsonl:(\d+)", rej["detail"]).group(1))
+        got[line_no] = rej["reason"]
+        assert len(rej["detail"]) > 20  # readable, names the item
+    assert got == {k: v for k, v in expected.items() if v}
+    assert len(set(got.values())) == len(got), "each bad input has its own reason"
+    report = json.loads((out / "report.json").read_text())
+    assert report["read"] == 14 and report["kept"] == 2 and report["kept"] + report["rejected"] == report["read"]
+    assert len(CutSet.from_file(out / "cuts_train.jsonl.gz")) == 2
+
+
+def test_nothing_valid_or_missing_input_exits_nonzero(tmp_path, capsys):
+    manifest = _write_manifest(tmp_path / "m.jsonl", [{"audio_filepath": "nope.wav", "duration": 1.0, "text": "a"}])
+    assert main(["nemo", "--manifest", str(manifest), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing valid remains of 1 items" in capsys.readouterr().err
+    assert _rejected(tmp_path / "o")[0]["reason"] == "missing_audio"  # the reason is still written
+    assert main(["nemo", "--manifest", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "o2")]) == 2
+    assert "absent.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_shar_export_is_read_by_nemo_lhotse_dataloader(speech, corpus, tmp_path):
+    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
+    from nemo.collections.common.data.lhotse.dataloader import get_lhotse_dataloader_from_config
+    from nemo.collections.common.tokenizers import SentencePieceTokenizer
+
+    out = tmp_path / "out"
+    assert main(["lhotse", "--cuts", str(corpus / "cuts_dev.jsonl.gz"), "--out", str(out), "--split", "dev",
+                 "--shar", "--shar-shard-size", "4"]) == 0
+    tokenizer = SentencePieceTokenizer(str(corpus / "tokenizer" / "tokenizer.model"))
+    loader = get_lhotse_dataloader_from_config(
+        {"shar_path": str(out / "shar" / "dev"), "batch_size": 2, "num_workers": 0, "shuffle": False,
+         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
+        global_rank=0, world_size=1,
+        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
+    )
+    texts = []
+    for batch in loader:
+        texts += [tokenizer.ids_to_text(t[:n].tolist()) for t, n in zip(batch[2], batch[3])]
+    expected = [c.supervisions[0].text for c in CutSet.from_file(corpus / "cuts_dev.jsonl.gz")]
+    assert sorted(texts) == sorted(expected)
