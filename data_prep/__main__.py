@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from streamtune.errors import cli_entry
 
@@ -40,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     nemo.add_argument("--lang", help="keep only lines whose source_lang/lang is this")
     add_common(nemo)
 
+    tarred = sub.add_parser("nemo-tarred", help="NeMo tarred audio: audio_N.tar + manifest_N.json (globs allowed)")
+    tarred.add_argument("--manifest", required=True, nargs="+")
+    tarred.add_argument("--tar", required=True, nargs="+")
+    tarred.add_argument("--text-key", default="text")
+    tarred.add_argument("--lang")
+    add_common(tarred)
+
+    hf = sub.add_parser("hf", help="a local Hugging Face dataset (save_to_disk dir, parquet/arrow files)")
+    hf.add_argument("--dataset", required=True, help="local path; the hub is never contacted")
+    hf.add_argument("--hf-split", help="which split of a DatasetDict")
+    hf.add_argument("--audio-column", default="audio")
+    hf.add_argument("--text-column", default="text")
+    hf.add_argument("--id-column")
+    add_common(hf)
+
     fold = sub.add_parser("folder", help="a folder of audio files with sibling .txt transcripts or one TSV/CSV")
     fold.add_argument("--dir", required=True)
     fold.add_argument("--transcripts", help="TSV/CSV with columns id or path, and text")
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed,
                           num_jobs=args.num_jobs, min_words=args.min_words, max_words=args.max_words, force=args.force)
-    elif args.command in ("nemo", "granary", "folder", "lhotse"):
+    elif args.command in ("nemo", "granary", "nemo-tarred", "hf", "folder", "lhotse"):
         from data_prep import sources
         from data_prep.validate import ValidationConfig, tokenizer_alphabet, write_validated
 
@@ -79,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             items = sources.folder(args.dir, args.transcripts)
         elif args.command == "lhotse":
             items = sources.lhotse_cuts(args.cuts)
+        elif args.command == "nemo-tarred":
+            items = sources.nemo_tarred(args.manifest, args.tar, Path(args.out) / "audio", text_key=args.text_key,
+                                        language=args.lang)
+        elif args.command == "hf":
+            items = sources.hf_dataset(args.dataset, Path(args.out) / "audio", audio_column=args.audio_column,
+                                       text_column=args.text_column, id_column=args.id_column, split=args.hf_split)
         else:
             items = sources.nemo_manifests(args.manifest, text_key=args.text_key, language=args.lang,
                                            read_header=not args.no_audio_check)

@@ -143,3 +143,108 @@ def lhotse_cuts(paths: list[str]) -> Iterator[Item | Rejected]:
     for path in _expand(paths):
         for cut in CutSet.from_file(path):
             yield Item(cut, str(path))
+
+
+def _shard_index(path: Path) -> str:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return digits or path.stem
+
+
+def nemo_tarred(manifests: list[str], tars: list[str], audio_out: Path, text_key: str = "text",
+                language: str | None = None) -> Iterator[Item | Rejected]:
+    """NeMo tarred audio: ``audio_N.tar`` with ``manifest_N.json``, matched by shard number and file name.
+
+    As in NeMo, a manifest entry's ``audio_filepath`` names a member of its shard's tar (by base name). Members
+    are extracted under ``audio_out/<shard>/`` so the cuts point at real files.
+    """
+    import tarfile
+
+    manifest_paths = {_shard_index(p): p for p in _expand(manifests)}
+    tar_paths = {_shard_index(p): p for p in _expand(tars)}
+    for shard in sorted(set(manifest_paths) | set(tar_paths), key=lambda s: (len(s), s)):
+        if shard not in tar_paths:
+            yield Rejected(str(manifest_paths[shard]), "missing_tar", f"{manifest_paths[shard]}: no audio tar for shard {shard}")
+            continue
+        if shard not in manifest_paths:
+            yield Rejected(str(tar_paths[shard]), "missing_manifest", f"{tar_paths[shard]}: no manifest for shard {shard}")
+            continue
+        shard_dir = audio_out / shard
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar_paths[shard]) as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            used: set[str] = set()
+            for item in nemo_manifests([str(manifest_paths[shard])], text_key=text_key, language=language,
+                                       read_header=False):
+                if isinstance(item, Rejected):
+                    yield item
+                    continue
+                name = Path(item.cut.recording.sources[0].source).name
+                member = members.get(name)
+                if member is None:
+                    yield Rejected(item.cut.id, "missing_audio", f"{item.origin}: {name} is not in {tar_paths[shard]}")
+                    continue
+                target = shard_dir / name
+                if name not in used:
+                    with tar.extractfile(member) as src, open(target, "wb") as dst:
+                        dst.write(src.read())
+                    used.add(name)
+                cut = item.cut
+                yield Item(make_cut(cut.id, target, cut.supervisions[0].text, offset_s=cut.start,
+                                    duration_s=cut.duration, custom=cut.custom,
+                                    language=cut.supervisions[0].language), item.origin)
+            for name in sorted(set(members) - used):
+                yield Rejected(name, "no_manifest_entry", f"{tar_paths[shard]}: member {name} has no manifest entry")
+
+
+def hf_dataset(source: str, audio_out: Path, audio_column: str = "audio", text_column: str = "text",
+               id_column: str | None = None, split: str | None = None) -> Iterator[Item | Rejected]:
+    """A local Hugging Face dataset: a ``save_to_disk`` dir, parquet/arrow files, or a dataset dir ``load_dataset`` reads.
+
+    Audio may be embedded bytes or paths; it is read undecoded (``Audio(decode=False)``) and written to
+    ``audio_out`` so the cuts point at files. Nothing is fetched from the hub.
+    """
+    import datasets
+
+    src = Path(source)
+    if not src.exists():
+        raise UserError(f"dataset '{source}' does not exist; hf reads local datasets only (no hub access)")
+    if (src / "dataset_info.json").exists() or (src / "dataset_dict.json").exists():
+        ds = datasets.load_from_disk(str(src))
+    elif src.is_file() or any(src.glob("*.parquet")) or any(src.glob("*.arrow")):
+        files = [str(src)] if src.is_file() else sorted(str(p) for p in src.glob("*.parquet")) or sorted(
+            str(p) for p in src.glob("*.arrow"))
+        kind = "parquet" if files[0].endswith(".parquet") else "arrow"
+        ds = datasets.load_dataset(kind, data_files=files, split="train")
+    else:
+        ds = datasets.load_dataset(str(src))
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            raise UserError(f"dataset '{source}' has splits {list(ds)}; choose one with --hf-split")
+        ds = ds[split]
+    for column in (audio_column, text_column, id_column):
+        if column and column not in ds.column_names:
+            raise UserError(f"dataset '{source}' has no column '{column}'; its columns are {ds.column_names}")
+    if isinstance(ds.features[audio_column], datasets.Audio):
+        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    audio_out.mkdir(parents=True, exist_ok=True)
+    for index, row in enumerate(ds):
+        cut_id = str(row[id_column]) if id_column else f"{src.stem}-{index:08d}"
+        origin = f"{source}[{index}]"
+        audio = row[audio_column]
+        audio_bytes = audio.get("bytes") if isinstance(audio, dict) else None
+        audio_path = audio.get("path") if isinstance(audio, dict) else audio
+        if audio_bytes:
+            suffix = Path(audio_path).suffix if audio_path else ".wav"
+            target = audio_out / f"{cut_id.replace('/', '__')}{suffix or '.wav'}"
+            target.write_bytes(audio_bytes)
+        elif audio_path:
+            target = Path(audio_path)
+            if not target.is_absolute():
+                target = (src if src.is_dir() else src.parent) / target
+        else:
+            yield Rejected(cut_id, "missing_audio", f"{origin}: the audio column holds neither bytes nor a path")
+            continue
+        text = row[text_column] if isinstance(row[text_column], str) else ""
+        custom = {k: v for k, v in row.items() if k not in (audio_column, text_column, id_column)
+                  and isinstance(v, (str, int, float, bool))}
+        yield Item(make_cut(cut_id, target, text, custom=custom), origin)

@@ -201,3 +201,48 @@ def test_shar_export_is_read_by_nemo_lhotse_dataloader(speech, corpus, tmp_path)
         texts += [tokenizer.ids_to_text(t[:n].tolist()) for t, n in zip(batch[2], batch[3])]
     expected = [c.supervisions[0].text for c in CutSet.from_file(corpus / "cuts_dev.jsonl.gz")]
     assert sorted(texts) == sorted(expected)
+
+
+def test_nemo_tarred_shards(speech, tmp_path):
+    import tarfile
+
+    for shard, chunk in enumerate((speech[:3], speech[3:5])):
+        with tarfile.open(tmp_path / f"audio_{shard}.tar", "w") as tar:
+            for path, _, _ in chunk:
+                tar.add(path, arcname=path.name)
+        entries = [{"audio_filepath": p.name, "duration": d, "text": t, "shard_id": shard} for p, t, d in chunk]
+        if shard == 1:
+            entries.append({"audio_filepath": "not_in_tar.wav", "duration": 1.0, "text": "lost"})
+            entries = entries[1:]  # speech[3] stays in the tar without a manifest entry
+        _write_manifest(tmp_path / f"manifest_{shard}.json", entries)
+    out = tmp_path / "out"
+    assert main(["nemo-tarred", "--manifest", str(tmp_path / "manifest_*.json"), "--tar", str(tmp_path / "audio_*.tar"),
+                 "--out", str(out)]) == 0
+    cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
+    expected = {p.stem: t for p, t, _ in speech[:3] + speech[4:5]}
+    assert {k: c.supervisions[0].text for k, c in cuts.items()} == expected
+    assert all(c.load_audio().shape[-1] > 0 for c in cuts.values())
+    reasons = sorted(r["reason"] for r in _rejected(out))
+    assert reasons == ["missing_audio", "no_manifest_entry"]
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_hf_dataset_with_embedded_audio_bytes(speech, tmp_path, layout):
+    import datasets
+
+    rows = {"audio": [{"bytes": p.read_bytes(), "path": p.name} for p, _, _ in speech[:4]],
+            "sentence": [t for _, t, _ in speech[:4]], "utt": [f"u{i}" for i in range(4)], "speaker": ["a", "b", "a", "b"]}
+    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
+    if layout == "save_to_disk":
+        ds.save_to_disk(str(tmp_path / "ds"))
+        source = tmp_path / "ds"
+    else:
+        source = tmp_path / "ds.parquet"
+        ds.to_parquet(str(source))
+    out = tmp_path / "out"
+    assert main(["hf", "--dataset", str(source), "--text-column", "sentence", "--id-column", "utt",
+                 "--out", str(out)]) == 0
+    cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
+    assert {k: c.supervisions[0].text for k, c in cuts.items()} == {f"u{i}": speech[i][1] for i in range(4)}
+    assert cuts["u1"].custom["speaker"] == "b"
+    assert abs(cuts["u0"].duration - speech[0][2]) < 1e-3
