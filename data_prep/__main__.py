@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add_common(p):
         p.add_argument("--out", required=True, help="output directory (cuts_<split>.jsonl.gz, rejected.jsonl, report.json)")
         p.add_argument("--split", default="train", help="name of the cuts file written: cuts_<split>.jsonl.gz")
+        p.add_argument("--split-ratio", help="e.g. train=0.9,dev=0.05,test=0.05: deterministic split by --split-key")
+        p.add_argument("--split-key", default="id", help="what decides the split: id, or speaker (keeps a speaker whole)")
+        p.add_argument("--num-jobs", type=int, default=2, help="threads decoding and checking audio")
+        p.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
         p.add_argument("--no-audio-check", action="store_true", help="trust the metadata; do not decode audio")
         p.add_argument("--tokenizer", help="tokenizer dir: reject transcripts with characters it cannot spell")
         p.add_argument("--lowercase", action="store_true")
@@ -74,6 +78,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_ratios(text: str) -> dict[str, float]:
+    from streamtune.errors import UserError
+
+    try:
+        ratios = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise UserError(f"--split-ratio '{text}' is not of the form train=0.9,dev=0.05,test=0.05") from None
+    if not ratios or any(v < 0 for v in ratios.values()) or sum(ratios.values()) <= 0:
+        raise UserError(f"--split-ratio '{text}' needs non-negative ratios that are not all zero")
+    return ratios
+
+
+def _inputs_key(args) -> str:
+    """Options plus size and mtime of every input file: re-running with the same inputs skips the work."""
+    import glob
+    import hashlib
+    import json
+    import os
+
+    opts = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "num_jobs")}
+    stats = []
+    for key in ("manifest", "tar", "cuts", "dataset", "dir", "transcripts", "tokenizer"):
+        for pattern in (getattr(args, key, None) or []) if isinstance(getattr(args, key, None), list) else \
+                [getattr(args, key)] if getattr(args, key, None) else []:
+            for path in sorted(glob.glob(pattern)) or [pattern]:
+                for root, _, files in os.walk(path) if os.path.isdir(path) else [("", None, [path])]:
+                    for f in files:
+                        full = os.path.join(root, f)
+                        if os.path.exists(full):
+                            st = os.stat(full)
+                            stats.append((full, st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps([opts, stats], default=str).encode()).hexdigest()
+
+
+def _stamp(args) -> Path:
+    return Path(args.out) / ".data_prep.done"
+
+
+def _up_to_date(args) -> bool:
+    stamp = _stamp(args)
+    return not args.force and stamp.exists() and stamp.read_text() == _inputs_key(args)
+
+
+def _mark_done(args) -> None:
+    _stamp(args).write_text(_inputs_key(args))
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -86,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from data_prep import sources
         from data_prep.validate import ValidationConfig, tokenizer_alphabet, write_validated
 
+        done = _up_to_date(args)
+        if done:
+            print(f"{args.out} is up to date for these inputs and options (use --force to redo)")
+            return 0
         cfg = ValidationConfig(
             check_audio=not args.no_audio_check, min_duration_s=args.min_duration, max_duration_s=args.max_duration,
             alphabet=tokenizer_alphabet(args.tokenizer) if args.tokenizer else None,
@@ -104,11 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             items = sources.nemo_manifests(args.manifest, text_key=args.text_key, language=args.lang,
                                            read_header=not args.no_audio_check)
-        write_validated(items, args.out, args.split, cfg)
+        splits, splitter = [args.split], None
+        if args.split_ratio:
+            from data_prep.validate import split_by_ratio
+
+            ratios = _parse_ratios(args.split_ratio)
+            splits, splitter = list(ratios), split_by_ratio(ratios, key=args.split_key)
+        write_validated(items, args.out, splits, cfg, splitter=splitter, num_jobs=args.num_jobs)
         if args.shar:
             from data_prep.shar import export_shar
 
-            export_shar(f"{args.out}/cuts_{args.split}.jsonl.gz", f"{args.out}/shar/{args.split}", args.shar_shard_size)
+            for name in splits:
+                export_shar(f"{args.out}/cuts_{name}.jsonl.gz", f"{args.out}/shar/{name}", args.shar_shard_size)
+        _mark_done(args)
     elif args.command == "tokenizer":
         from data_prep.tokenizer import train_tokenizer
 

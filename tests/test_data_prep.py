@@ -246,3 +246,32 @@ def test_hf_dataset_with_embedded_audio_bytes(speech, tmp_path, layout):
     assert {k: c.supervisions[0].text for k, c in cuts.items()} == {f"u{i}": speech[i][1] for i in range(4)}
     assert cuts["u1"].custom["speaker"] == "b"
     assert abs(cuts["u0"].duration - speech[0][2]) < 1e-3
+
+
+def test_ratio_split_is_deterministic_and_keeps_speakers_whole(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["lhotse", "--cuts", str(corpus / "cuts_train.jsonl.gz"), "--out", str(out),
+            "--split-ratio", "train=0.6,dev=0.2,test=0.2", "--split-key", "speaker", "--num-jobs", "3"]
+    assert main(args) == 0
+    splits = {name: CutSet.from_file(out / f"cuts_{name}.jsonl.gz") for name in ("train", "dev", "test")}
+    speakers = {name: {c.supervisions[0].speaker for c in cuts} for name, cuts in splits.items()}
+    assert not (speakers["train"] & speakers["dev"]) and not (speakers["train"] & speakers["test"])
+    assert sum(len(c) for c in splits.values()) == 48
+    first = {name: [c.id for c in cuts] for name, cuts in splits.items()}
+    assert main(args) == 0 and "up to date" in capsys.readouterr().out  # same inputs: skipped
+    assert main([*args, "--force", "--num-jobs", "1"]) == 0  # redone serially: same assignment, same order
+    assert {name: [c.id for c in CutSet.from_file(out / f"cuts_{name}.jsonl.gz")] for name in splits} == first
+    report = json.loads((out / "report.json").read_text())
+    assert sum(report["kept_per_split"].values()) == 48 == sum(report["duration_histogram"]["counts"])
+    from PIL import Image
+
+    assert Image.open(out / "durations.png").size == (640, 320)
+
+
+def test_id_set_is_exact_for_many_ids():
+    from data_prep.validate import IdSet
+
+    ids = IdSet(capacity=8)
+    assert all(ids.add(f"utt-{i}") for i in range(20000))
+    assert not any(ids.add(f"utt-{i}") for i in range(0, 20000, 7))
+    assert ids.size == 20000
