@@ -44,6 +44,9 @@ def build_trainer(cfg, run_dir: Path):
         default_root_dir=run_dir,
         max_steps=tcfg.max_steps,
         max_epochs=-1,  # Lhotse sampling is step-driven: max_steps ends training
+        # An int bound per "epoch": Shar and weighted mixes never end, and NeMo only sizes
+        # iterable datasets itself when this is a float (it then calls len() on them).
+        limit_train_batches=tcfg.max_steps * tcfg.accumulate_grad_batches,
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,

@@ -31,8 +31,9 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) written by `python -m data_prep`.
-    train: Optional[str] = None
+    # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) or Shar dir written by `python -m data_prep`;
+    # data.train may also be a weighted mix: [[path, weight], ...].
+    train: Any = None
     dev: Optional[str] = None
     test: Optional[str] = None
     tokenizer_dir: Optional[str] = None

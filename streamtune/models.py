@@ -62,12 +62,10 @@ def nemo_model_config(cfg: DictConfig) -> DictConfig:
         model_cfg.pop("target")
         data = cfg.data
 
-        def lhotse_ds(cuts: str, shuffle: bool) -> dict:
-            if not Path(cuts).exists():
-                raise UserError(f"cuts file '{cuts}' does not exist; prepare it with `python -m data_prep ...`")
+        def lhotse_ds(spec, shuffle: bool) -> dict:
             return {
                 "use_lhotse": True,
-                "cuts_path": str(cuts),
+                **data_source(spec),
                 "sample_rate": model_cfg.sample_rate,
                 "batch_duration": data.batch_duration_s,
                 "batch_size": data.batch_size,
@@ -79,10 +77,13 @@ def nemo_model_config(cfg: DictConfig) -> DictConfig:
                 "seed": int(cfg.run.seed),
                 "shard_seed": int(cfg.run.seed),
                 "pin_memory": False,
+                # Shar and weighted mixes repeat forever; evaluation sets must end.
+                "force_finite": not shuffle,
             }
 
         if data.train:
-            model_cfg.train_ds = lhotse_ds(data.train, shuffle=True)
+            train = OmegaConf.to_container(data.train) if OmegaConf.is_config(data.train) else data.train
+            model_cfg.train_ds = lhotse_ds(train, shuffle=True)
         if data.dev:
             model_cfg.validation_ds = lhotse_ds(data.dev, shuffle=False)
         enc = model_cfg.encoder
@@ -93,6 +94,38 @@ def nemo_model_config(cfg: DictConfig) -> DictConfig:
     if not (tok_dir / "tokenizer.model").exists():
         raise UserError(f"tokenizer dir '{tok_dir}' has no tokenizer.model; build one with `python -m data_prep tokenizer`")
     return model_cfg
+
+
+def _one_source(path: str) -> tuple[str, str]:
+    p = Path(path)
+    if p.is_dir():
+        return "shar", str(p)
+    if p.is_file():
+        return "cuts", str(p)
+    raise UserError(f"data path '{path}' does not exist; prepare it with `python -m data_prep ...` "
+                    "(a cuts_<split>.jsonl.gz file or a Shar dir)")
+
+
+def data_source(spec) -> dict:
+    """NeMo Lhotse dataloader keys for a cuts file, a Shar dir, or a weighted list ``[[path, weight], ...]``."""
+    if isinstance(spec, str):
+        kind, path = _one_source(spec)
+        return {"shar_path": path} if kind == "shar" else {"cuts_path": path}
+    entries = []
+    for entry in spec:
+        try:
+            path, weight = entry
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise UserError(f"data entry {entry!r} is not [path, weight]") from None
+        kind, path = _one_source(path)
+        entries.append({"type": "lhotse_shar", "shar_path": path, "weight": weight} if kind == "shar"
+                       else {"type": "lhotse", "cuts_path": path, "weight": weight})
+    if not entries:
+        raise UserError("data.train is an empty list; give a cuts file, a Shar dir, or [[path, weight], ...]")
+    # NeMo refuses to mix Shar (iterable) with cuts files (map-style) unless told to iterate both.
+    mixed = len({e["type"] for e in entries}) > 1
+    return {"input_cfg": entries, **({"force_iterable_dataset": True} if mixed else {})}
 
 
 def model_class(target: str):

@@ -72,3 +72,21 @@ def test_wandb_offline_run_is_written(tiny_overrides, tmp_path):
     run_dir = (tmp_path / "tiny_cpu" / "latest").resolve()
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline W&B run with its data file"
+
+
+def test_train_reads_shar_and_weighted_mixes(tiny_overrides, corpus, tmp_path):
+    """data.train may be a Shar dir from `python -m data_prep ... --shar` or a weighted list of sources."""
+    import train
+    from data_prep.__main__ import main as data_prep
+    from tests.conftest import DEMO_RECIPE
+
+    assert data_prep(["lhotse", "--cuts", str(corpus / "cuts_train.jsonl.gz"), "--out", str(tmp_path / "prep"),
+                      "--shar", "--shar-shard-size", "16"]) == 0
+    shar = tmp_path / "prep" / "shar" / "train"
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.train="))]
+    for name, train_spec in (("shar", str(shar)),
+                             ("mix", f"[[{shar},0.7],[{corpus / 'cuts_train.jsonl.gz'},0.3]]")):
+        out = tmp_path / name
+        assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"data.train={train_spec}",
+                           f"run.output_dir={out}", "trainer.max_steps=3"]) == 0
+        assert (out / "tiny_cpu" / "latest" / "final.nemo").exists()
