@@ -79,11 +79,13 @@ def main(argv=None) -> int:
                 f.write(json.dumps({"audio_filepath": c.recording.sources[0].source, "duration": c.duration,
                                     "text": c.supervisions[0].text}) + "\n")
 
+        # Both as fresh processes, start-up included, so the comparison is like for like.
         start = time.perf_counter()
-        lhotse_alone(manifest, tmp / "lhotse_cuts.jsonl.gz")
+        subprocess.run([sys.executable, "-c", "import sys; from bench.data_prep import lhotse_alone; "
+                        "from pathlib import Path; lhotse_alone(Path(sys.argv[1]), Path(sys.argv[2]))",
+                        str(manifest), str(tmp / "lhotse_cuts.jsonl.gz")], cwd=REPO, check=True)
         lhotse_s = time.perf_counter() - start
         ours_s, _ = run_data_prep(["nemo", "--manifest", str(manifest), "--out", str(tmp / "ours"), "--num-jobs", "2"])
-        # Process start-up (imports) is part of what a user waits for, so it stays in; say so.
 
         def big_manifest(lines: int) -> Path:
             path = tmp / f"big_{lines}.jsonl"
@@ -104,11 +106,13 @@ def main(argv=None) -> int:
     rows = [
         "| conversion of a NeMo manifest to cuts | wall (s) | audio hours per minute |",
         "|---|---|---|",
-        f"| Lhotse alone, no validation (in-process) | {lhotse_s:.1f} | {60 * hours / lhotse_s:.2f} |",
-        f"| `python -m data_prep nemo` (decode + validate, 2 threads, process start-up included) | {ours_s:.1f} | "
-        f"{60 * hours / ours_s:.2f} |",
+        f"| Lhotse alone: headers only, no validation | {lhotse_s:.1f} | {60 * hours / lhotse_s:.1f} |",
+        f"| `python -m data_prep nemo`: every file decoded and checked, 2 threads | {ours_s:.1f} | "
+        f"{60 * hours / ours_s:.1f} |",
         "",
-        f"Ratio (ours / Lhotse alone, throughput): **{lhotse_s / ours_s:.2f}** on {args.utts} utterances ({hours:.2f} h).",
+        f"Ratio (ours / Lhotse alone, throughput): **{lhotse_s / ours_s:.2f}** on {args.utts} utterances ({hours:.2f} h); "
+        "both are fresh processes, start-up included. Decoding is the price of catching bad audio; "
+        "`--no-audio-check` skips it.",
         "",
         "| `--no-audio-check` manifest | wall (s) | peak RSS (MiB) |",
         "|---|---|---|",
