@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from streamtune.errors import UserError
+from streamtune.text import normalise_text
 
 TARGET_RATE = 16000
-_PUNCT = re.compile(r"[^\w\s']", re.UNICODE)
 
 
 @dataclass
@@ -54,16 +52,6 @@ class ValidationConfig:
     silence_peak: float = 1e-4  # peak |sample| below which audio counts as silent
 
 
-def normalise_text(text: str, cfg: ValidationConfig) -> str:
-    """NFC and whitespace always; case and punctuation only when asked (the target model predicts both)."""
-    text = unicodedata.normalize("NFC", text)
-    if cfg.lowercase:
-        text = text.lower()
-    if cfg.strip_punctuation:
-        text = _PUNCT.sub(" ", text)
-    return " ".join(text.split())
-
-
 def tokenizer_alphabet(tokenizer_dir: str | Path) -> set[str]:
     """Every character a SentencePiece tokenizer has in some piece (space included)."""
     import sentencepiece as spm
@@ -87,7 +75,8 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
     def reject(reason: str, detail: str):
         return None, Rejected(cut.id, reason, f"{item.origin}: {detail}"), []
 
-    text = normalise_text(" ".join(s.text or "" for s in cut.supervisions), cfg)
+    # Case and punctuation are kept unless asked: the target model predicts both.
+    text = normalise_text(" ".join(s.text or "" for s in cut.supervisions), cfg.lowercase, cfg.strip_punctuation)
     if not text:
         return reject("empty_text", "the transcript is empty or whitespace; fix the transcript or drop the item")
     if cfg.alphabet is not None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 
-_PUNCT = re.compile(r"[^\w\s']", re.UNICODE)
+from streamtune.text import normalise_text
 
 
 def normalise(text: str) -> str:
     """Case- and punctuation-insensitive form used for the headline WER."""
-    text = unicodedata.normalize("NFC", text).lower()
-    return " ".join(_PUNCT.sub(" ", text).split())
+    return normalise_text(text, lowercase=True, strip_punctuation=True)
 
 
 @dataclass
