@@ -22,21 +22,23 @@ def build_trainer(cfg, run_dir: Path):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from streamtune.callbacks import Throughput
+    from streamtune.callbacks import ChunkWER, Throughput
     from streamtune.tracking import make_loggers
 
     tcfg = cfg.trainer
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        filename="step{step:07d}-wer{val_wer:.4f}",
+        filename="step{step:07d}-" + tcfg.monitor + "{" + tcfg.monitor + ":.4f}",
         auto_insert_metric_name=False,
-        monitor="val_wer",
+        monitor=tcfg.monitor,
         mode="min",
         save_top_k=2,
         save_last=True,
         save_on_train_epoch_end=False,  # save after each validation, when val_wer exists
     )
     callbacks = [checkpoints, Throughput(cfg.model.sample_rate)]
+    if cfg.data.dev:
+        callbacks.insert(0, ChunkWER(cfg.data.dev, batch_size=cfg.eval.batch_size))
     if tcfg.enable_progress_bar:
         # In a log file (no terminal) every redraw is a new line: redraw less often there.
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 50))
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamtune.models import build_model, nemo_model_config
     from streamtune.rundir import make_run_dir, write_env
     from streamtune.runtime import setup_runtime
+    from streamtune.tracking import finish_tracking
 
     nemo_model_config(cfg)  # validate paths and model config before anything is written
     setup_runtime(cfg)
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.global_rank == 0:
         model.save_to(str(final))
         print(f"trained {trainer.global_step} steps in {time.time() - started:.0f} s; wrote {final}", flush=True)
+    finish_tracking()
     return 0
 
 

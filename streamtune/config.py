@@ -54,6 +54,8 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     val_check_interval: int = 200  # steps between validations
+    # Checkpoint selection: val_wer_mean, val_wer_<ms>ms for one chunk mode, or NeMo's val_wer (default mode).
+    monitor: str = "val_wer_mean"
     log_every_n_steps: int = 10
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1

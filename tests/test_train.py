@@ -21,6 +21,13 @@ def test_run_dir_contents(trained_run):
     losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
     assert losses and all(l == l for l in losses)  # logged and not NaN
     assert any(r.get("val_wer") for r in rows), "validation ran"
+    for key in ("val_wer_1120ms", "val_wer_560ms", "val_wer_160ms", "val_wer_80ms", "val_wer_mean"):
+        assert any(r.get(key) for r in rows), f"{key} logged at validation"
+    assert list((trained_run / "checkpoints").glob("step*-val_wer_mean*.ckpt")), "best-by-mean-WER checkpoints"
+    # Cross-check: our offline decode at the default mode reproduces NeMo's own validation WER.
+    for row in rows:
+        if row.get("val_wer") and row.get("val_wer_1120ms"):
+            assert abs(float(row["val_wer"]) - float(row["val_wer_1120ms"])) < 1e-6
     assert any(r.get("train_audio_s_per_s") for r in rows), "throughput logged"
     assert trained_run.parent.joinpath("latest").resolve() == trained_run
 
@@ -72,6 +79,13 @@ def test_wandb_offline_run_is_written(tiny_overrides, tmp_path):
     run_dir = (tmp_path / "tiny_cpu" / "latest").resolve()
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline W&B run with its data file"
+    from streamtune.tracking import read_offline_history
+
+    history = read_offline_history(next(runs[0].glob("*.wandb")))
+    logged = {key for row in history for key in row}
+    for key in ("train_loss", "val_wer_1120ms", "val_wer_560ms", "val_wer_160ms", "val_wer_80ms", "val_wer_mean"):
+        assert key in logged, f"{key} is in the W&B run"
+    assert all(0.0 <= row["val_wer_80ms"] for row in history if "val_wer_80ms" in row)
 
 
 def test_train_reads_shar_and_weighted_mixes(tiny_overrides, corpus, tmp_path):
