@@ -90,25 +90,31 @@ def _parse_ratios(text: str) -> dict[str, float]:
     return ratios
 
 
+def _input_files(args) -> list[str]:
+    """Every file the command reads (globs expanded, folders walked)."""
+    import glob
+    import os
+
+    files = []
+    for key in ("manifest", "tar", "cuts", "dataset", "dir", "transcripts", "tokenizer"):
+        value = getattr(args, key, None)
+        for pattern in value if isinstance(value, list) else [value] if value else []:
+            for path in sorted(glob.glob(pattern)) or [pattern]:
+                if os.path.isdir(path):
+                    files += sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+                else:
+                    files.append(path)
+    return files
+
+
 def _inputs_key(args) -> str:
     """Options plus size and mtime of every input file: re-running with the same inputs skips the work."""
-    import glob
     import hashlib
     import json
     import os
 
     opts = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "num_jobs")}
-    stats = []
-    for key in ("manifest", "tar", "cuts", "dataset", "dir", "transcripts", "tokenizer"):
-        for pattern in (getattr(args, key, None) or []) if isinstance(getattr(args, key, None), list) else \
-                [getattr(args, key)] if getattr(args, key, None) else []:
-            for path in sorted(glob.glob(pattern)) or [pattern]:
-                for root, _, files in os.walk(path) if os.path.isdir(path) else [("", None, [path])]:
-                    for f in files:
-                        full = os.path.join(root, f)
-                        if os.path.exists(full):
-                            st = os.stat(full)
-                            stats.append((full, st.st_size, st.st_mtime_ns))
+    stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _input_files(args) if os.path.exists(f)]
     return hashlib.sha256(json.dumps([opts, stats], default=str).encode()).hexdigest()
 
 
