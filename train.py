@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from streamtune.config import add_config_args, load_config, resolved, save_config
-from streamtune.errors import cli_entry
+from streamtune.errors import UserError, cli_entry
 
 
 def build_trainer(cfg, run_dir: Path):
@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     from streamtune.runtime import setup_runtime
     from streamtune.tracking import finish_tracking
 
-    nemo_model_config(cfg)  # validate paths and model config before anything is written
+    # Validate everything a user can get wrong before a run dir (and the `latest` link) is touched.
+    if cfg.trainer.max_steps <= 0:
+        raise UserError(f"trainer.max_steps must be > 0 (got {cfg.trainer.max_steps}): Lhotse data is step-driven")
+    nemo_model_config(cfg)
     setup_runtime(cfg)
     run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
     save_config(cfg, run_dir / "config.yaml")

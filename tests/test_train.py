@@ -104,3 +104,15 @@ def test_train_reads_shar_and_weighted_mixes(tiny_overrides, corpus, tmp_path):
         assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"data.train={train_spec}",
                            f"run.output_dir={out}", "trainer.max_steps=3"]) == 0
         assert (out / "tiny_cpu" / "latest" / "final.nemo").exists()
+
+
+def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, capsys):
+    import train
+    from tests.conftest import DEMO_RECIPE
+
+    overrides = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]
+    for bad in ("trainer.max_steps=0", "data.train=/nowhere/cuts.jsonl.gz"):
+        assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"run.output_dir={tmp_path}", bad]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_steps must be > 0" in err and "/nowhere/cuts.jsonl.gz' does not exist" in err
+    assert not any(tmp_path.iterdir()), "nothing written, `latest` untouched"
