@@ -71,6 +71,8 @@ def build_trainer(cfg, run_dir: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the model, run one training batch, report sizes and memory, write nothing")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -86,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"trainer.max_steps must be > 0 (got {cfg.trainer.max_steps}): Lhotse data is step-driven")
     nemo_model_config(cfg)
     setup_runtime(cfg)
+    if args.dry_run:
+        from streamtune.dryrun import dry_run
+
+        print(dry_run(cfg))
+        return 0
     run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
     save_config(cfg, run_dir / "config.yaml")
     write_env(run_dir / "env.json")

@@ -116,3 +116,14 @@ def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, c
     err = capsys.readouterr().err
     assert "trainer.max_steps must be > 0" in err and "/nowhere/cuts.jsonl.gz' does not exist" in err
     assert not any(tmp_path.iterdir()), "nothing written, `latest` untouched"
+
+
+def test_dry_run_reports_and_writes_nothing(tiny_overrides, tmp_path, capsys):
+    import train
+    from tests.conftest import DEMO_RECIPE
+
+    overrides = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]
+    assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"run.output_dir={tmp_path}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "| encoder |" in out and "trainable" in out and "joint tensor" in out and "peak RSS" in out
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,50 @@
+"""``train.py --dry-run``: build the model, push one real batch through a training step, report, write nothing."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+
+def dry_run(cfg) -> str:
+    import torch
+
+    from streamtune.models import build_model
+
+    model = build_model(cfg)
+    model.train()
+    rows = ["| module | parameters | trainable |", "|---|---|---|"]
+    total = trainable = 0
+    for name, module in model.named_children():
+        n = sum(p.numel() for p in module.parameters())
+        t = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        if n:
+            rows.append(f"| {name} | {n:,} | {t:,} |")
+        total, trainable = total + n, trainable + t
+    rows.append(f"| **total** | **{total:,}** | **{trainable:,}** |")
+    batch = next(iter(model._train_dl))
+    audio, audio_len, tokens, tokens_len = batch
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    start = time.perf_counter()
+    encoded, encoded_len = model(input_signal=audio, input_signal_length=audio_len)
+    decoder, target_len, _ = model.decoder(targets=tokens, target_length=tokens_len)
+    joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder)
+    loss = model.loss(log_probs=joint, targets=tokens, input_lengths=encoded_len, target_lengths=target_len)
+    loss.backward()
+    optimizer.step()
+    step_s = time.perf_counter() - start
+    # fp32 weights + grads + two AdamW moments.
+    states_mib = 4 * 4 * trainable / 2**20
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines = [
+        f"model {type(model).__name__}: {total:,} parameters ({trainable:,} trainable)",
+        "\n".join(rows),
+        f"one batch: {audio.shape[0]} utterances, {float(audio_len.sum()) / cfg.model.sample_rate:.1f} s of audio, "
+        f"joint tensor {tuple(joint.shape)} ({joint.numel() * 4 / 2**20:.0f} MiB), loss {float(loss):.2f}, "
+        f"step {step_s:.2f} s",
+        f"memory: weights+grads+AdamW states {states_mib:.0f} MiB; process peak RSS {peak_mib:.0f} MiB",
+        "dry run: nothing written",
+    ]
+    if torch.cuda.is_available():
+        lines.insert(-1, f"GPU peak allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    return "\n".join(lines)
