@@ -28,12 +28,10 @@ sys.path.insert(0, str(REPO))
 
 
 def joint_acts(model, batch):
-    audio, audio_len, tokens, tokens_len = batch
+    from streamtune.models import joint_forward
+
     with torch.no_grad():
-        encoded, enc_len = model(input_signal=audio, input_signal_length=audio_len)
-        decoder, target_len, _ = model.decoder(targets=tokens, target_length=tokens_len)
-        acts = model.joint(encoder_outputs=encoded, decoder_outputs=decoder)
-    return acts, tokens, enc_len, target_len
+        return joint_forward(model, batch)
 
 
 def time_loss(loss_name: str, num_classes: int, acts, tokens, enc_len, tok_len, calls: int) -> list[float]:

@@ -21,14 +21,15 @@ class Utterance:
 
 
 def load_utterances(cuts_path: str | Path, max_utts: int = 0) -> list[Utterance]:
-    """Load (resampled to 16 kHz mono) audio and transcripts of a cuts file, in file order."""
+    """Load (resampled to 16 kHz mono) audio and transcripts of a cuts file or Shar dir, in stored order."""
     from lhotse import CutSet
 
     path = Path(cuts_path)
     if not path.exists():
         raise UserError(f"cuts file '{cuts_path}' does not exist; prepare it with `python -m data_prep ...`")
+    cuts = CutSet.from_shar(in_dir=path) if path.is_dir() else CutSet.from_file(path)
     utts = []
-    for cut in CutSet.from_file(path):
+    for cut in cuts:
         if max_utts and len(utts) >= max_utts:
             break
         if cut.sampling_rate != SAMPLE_RATE:

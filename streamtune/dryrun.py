@@ -9,7 +9,7 @@ import time
 def dry_run(cfg) -> str:
     import torch
 
-    from streamtune.models import build_model
+    from streamtune.models import build_model, joint_forward
 
     model = build_model(cfg)
     model.train()
@@ -23,12 +23,10 @@ def dry_run(cfg) -> str:
         total, trainable = total + n, trainable + t
     rows.append(f"| **total** | **{total:,}** | **{trainable:,}** |")
     batch = next(iter(model._train_dl))
-    audio, audio_len, tokens, tokens_len = batch
+    audio, audio_len = batch[0], batch[1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     start = time.perf_counter()
-    encoded, encoded_len = model(input_signal=audio, input_signal_length=audio_len)
-    decoder, target_len, _ = model.decoder(targets=tokens, target_length=tokens_len)
-    joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder)
+    joint, tokens, encoded_len, target_len = joint_forward(model, batch)
     loss = model.loss(log_probs=joint, targets=tokens, input_lengths=encoded_len, target_lengths=target_len)
     loss.backward()
     optimizer.step()

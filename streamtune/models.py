@@ -183,3 +183,15 @@ def select_modes(model, chunk_ms: list[int] | None) -> list[ChunkMode]:
     if missing:
         raise UserError(f"chunk sizes {missing} ms are not modes of this model; it has {sorted(by_ms)} ms")
     return [by_ms[ms] for ms in chunk_ms]
+
+
+def joint_forward(model, batch):
+    """Encoder -> prediction net -> joint for a NeMo ASR batch; returns (joint, tokens, enc_len, target_len).
+
+    What a training step computes before the loss (no fused loss/WER), for benchmarks and dry runs.
+    """
+    audio, audio_len, tokens, tokens_len = batch
+    encoded, encoded_len = model(input_signal=audio, input_signal_length=audio_len)
+    decoder, target_len, _ = model.decoder(targets=tokens, target_length=tokens_len)
+    joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder)
+    return joint, tokens, encoded_len, target_len

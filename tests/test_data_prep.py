@@ -275,3 +275,17 @@ def test_id_set_is_exact_for_many_ids():
     assert all(ids.add(f"utt-{i}") for i in range(20000))
     assert not any(ids.add(f"utt-{i}") for i in range(0, 20000, 7))
     assert ids.size == 20000
+
+
+def test_evaluation_reads_a_shar_dir_like_its_cuts_file(corpus, tmp_path):
+    """data.dev / data.test may be Shar dirs: evaluation, parity and per-mode validation read them too."""
+    from streamtune.data import load_utterances
+
+    assert main(["lhotse", "--cuts", str(corpus / "cuts_test.jsonl.gz"), "--out", str(tmp_path), "--split", "test",
+                 "--shar", "--shar-shard-size", "3"]) == 0
+    from_cuts = {u.id: u for u in load_utterances(tmp_path / "cuts_test.jsonl.gz")}
+    from_shar = {u.id: u for u in load_utterances(tmp_path / "shar" / "test")}
+    assert from_cuts.keys() == from_shar.keys()
+    for key, u in from_cuts.items():
+        assert u.text == from_shar[key].text
+        assert np.abs(u.audio - from_shar[key].audio).max() < 1e-3  # flac round trip of 16-bit audio
