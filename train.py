@@ -1,8 +1,10 @@
-"""Train a cache-aware streaming FastConformer-RNNT from a recipe.
+"""Train or fine-tune a cache-aware streaming FastConformer-RNNT from a recipe.
 
     python train.py --config recipes/demo/tiny_cpu.yaml [key=value ...]
+    python train.py --config recipes/nemotron/full_finetune.yaml model.init_from=base.nemo data.train=...
+    python train.py ... run.resume=auto          # continue the newest run of this name exactly
 
-config -> seed -> run dir -> model -> data -> Trainer.fit -> final.nemo
+config -> seed -> run dir -> model (init_from, vocabulary, fine-tuning mode) -> data -> Trainer.fit -> final.nemo
 """
 
 from __future__ import annotations
@@ -18,26 +20,49 @@ from streamtune.config import add_config_args, load_config, resolved, save_confi
 from streamtune.errors import UserError, cli_entry
 
 
-def build_trainer(cfg, run_dir: Path):
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+def precision(tcfg) -> str:
+    """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    import torch
 
-    from streamtune.callbacks import ChunkWER, Throughput
+    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    from streamtune.callbacks import ChunkWER, ExactResume, FrozenStaysFrozen, SkipNonFinite, Throughput
+    from streamtune.checkpointing import AtomicCheckpointIO
     from streamtune.tracking import make_loggers
 
     tcfg = cfg.trainer
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(  # best-k by the monitored WER, after each validation
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}-" + tcfg.monitor + "{" + tcfg.monitor + ":.4f}",
         auto_insert_metric_name=False,
         monitor=tcfg.monitor,
         mode="min",
-        save_top_k=2,
-        save_last=True,
-        save_on_train_epoch_end=False,  # save after each validation, when val_wer exists
+        save_top_k=tcfg.save_top_k,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,  # a resumed run re-validating a step rewrites its file, not a -v1 copy
     )
-    callbacks = [checkpoints, Throughput(cfg.model.sample_rate)]
+    periodic = ModelCheckpoint(  # the newest state every N steps; last.ckpt links to it
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=tcfg.checkpoint_every_n_steps or tcfg.val_check_interval,
+        save_top_k=1,
+        save_last="link",
+    )
+    callbacks = [ExactResume(), FrozenStaysFrozen(), Throughput(),
+                 LearningRateMonitor(logging_interval="step"), periodic]
+    if tcfg.skip_nonfinite_steps:
+        callbacks.insert(0, SkipNonFinite())
     if cfg.data.dev:
+        callbacks.append(best)
         callbacks.insert(0, ChunkWER(cfg.data.dev, batch_size=cfg.eval.batch_size))
     if tcfg.enable_progress_bar:
         # In a log file (no terminal) every redraw is a new line: redraw less often there.
@@ -52,7 +77,8 @@ def build_trainer(cfg, run_dir: Path):
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,
-        precision=tcfg.precision,
+        strategy=tcfg.strategy,
+        precision=precision(tcfg),
         val_check_interval=tcfg.val_check_interval,
         check_val_every_n_epoch=None,
         log_every_n_steps=tcfg.log_every_n_steps,
@@ -61,8 +87,9 @@ def build_trainer(cfg, run_dir: Path):
         enable_progress_bar=tcfg.enable_progress_bar,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # Lhotse samplers shard the data across ranks themselves
-        logger=make_loggers(cfg, run_dir),
+        logger=make_loggers(cfg, run_dir, resume_step),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_model_summary=True,
     )
 
@@ -78,30 +105,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(resolved(cfg)))
         return 0
-    from streamtune.models import build_model, nemo_model_config
-    from streamtune.rundir import make_run_dir, write_env
+    from streamtune.finetune import MODES
+    from streamtune.models import check_model_config
+    from streamtune.rundir import forget_run_dir, resolve_run_dir
     from streamtune.runtime import setup_runtime
-    from streamtune.tracking import finish_tracking
 
     # Validate everything a user can get wrong before a run dir (and the `latest` link) is touched.
     if cfg.trainer.max_steps <= 0:
         raise UserError(f"trainer.max_steps must be > 0 (got {cfg.trainer.max_steps}): Lhotse data is step-driven")
-    nemo_model_config(cfg)
+    if cfg.finetune.mode not in MODES:
+        raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{cfg.finetune.mode}'")
+    check_model_config(cfg)
     setup_runtime(cfg)
     if args.dry_run:
         from streamtune.dryrun import dry_run
 
         print(dry_run(cfg))
         return 0
-    run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
-    save_config(cfg, run_dir / "config.yaml")
-    write_env(run_dir / "env.json")
-    print(f"run dir: {run_dir}", flush=True)
+    run_dir, ckpt, step = resolve_run_dir(cfg)
+    try:
+        return _train(cfg, run_dir, ckpt, step)
+    finally:
+        forget_run_dir()
 
-    trainer = build_trainer(cfg, run_dir)
-    model = build_model(cfg, trainer=trainer)
+
+def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
+    from streamtune.models import build_model
+    from streamtune.rundir import is_global_zero, write_env
+    from streamtune.tracking import finish_tracking
+
+    if is_global_zero():
+        save_config(cfg, run_dir / ("config.yaml" if ckpt is None else f"config.resume-step{step:07d}.yaml"))
+        write_env(run_dir / "env.json")
+    print(f"run dir: {run_dir}" + (f" (resuming from {ckpt.name}, step {step})" if ckpt else ""), flush=True)
+
+    trainer = build_trainer(cfg, run_dir, resume_step=step if ckpt else None)
+    notes = []
+    model = build_model(cfg, trainer=trainer, log=lambda text: (print(text, flush=True), notes.append(text)))
+    if is_global_zero() and ckpt is None:
+        (run_dir / "model_setup.txt").write_text("\n".join(notes) + "\n")
     started = time.time()
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=str(ckpt) if ckpt else None)
     final = run_dir / "final.nemo"
     if trainer.global_rank == 0:
         model.save_to(str(final))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 
 
 class Throughput(pl.Callback):
     """Logs step time and audio seconds processed per wall second (``train_audio_s_per_s``)."""
 
-    def __init__(self, sample_rate: int = 16000):
-        self.sample_rate = sample_rate
+    def __init__(self):
+        self.sample_rate = None
         self._start = None
+
+    def setup(self, trainer, pl_module, stage):
+        self.sample_rate = int(pl_module.cfg.sample_rate)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._start = time.perf_counter()
@@ -25,6 +31,9 @@ class Throughput(pl.Callback):
         pl_module.log("train_step_s", step_s, on_step=True, on_epoch=False, batch_size=int(batch[1].shape[0]))
         pl_module.log("train_audio_s_per_s", audio_s / step_s, on_step=True, on_epoch=False,
                       batch_size=int(batch[1].shape[0]))
+        if torch.cuda.is_available() and batch[1].is_cuda:
+            pl_module.log("gpu_mem_peak_gib", torch.cuda.max_memory_allocated() / 2**30, on_step=True,
+                          on_epoch=False, batch_size=int(batch[1].shape[0]))
 
 
 class ChunkWER(pl.Callback):
@@ -61,3 +70,145 @@ class ChunkWER(pl.Callback):
         wers["val_wer_mean"] = sum(wers.values()) / len(wers)
         for key, value in wers.items():
             pl_module.log(key, value, on_epoch=True, prog_bar=key == "val_wer_mean", sync_dist=False)
+
+
+class SkipNonFinite(pl.Callback):
+    """Drop optimiser steps whose gradients are NaN/inf and count them (``train_skipped_steps``).
+
+    Runs after backward (and the DDP all-reduce, so every rank decides alike) and before clipping and the
+    optimiser step: the gradients are cleared, so AdamW leaves every weight and moment untouched.
+    """
+
+    def __init__(self):
+        self.skipped = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            print(f"step {trainer.global_step}: non-finite gradients, update skipped ({self.skipped} so far)",
+                  flush=True)
+        pl_module.log("train_skipped_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self):
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict):
+        self.skipped = state_dict["skipped"]
+
+
+class FrozenStaysFrozen(pl.Callback):
+    """Keep dropout and batch-norm statistics of frozen modules in inference mode.
+
+    Lightning puts the whole model in train mode before training; a frozen encoder would then still apply
+    dropout (and update batch-norm running statistics, changing the "frozen" weights). The modules
+    themselves stay in train mode, so the encoder keeps drawing a chunk mode per batch (multi-context).
+    """
+
+    def __init__(self):
+        self.modules = []
+
+    def setup(self, trainer, pl_module, stage):
+        model = pl_module
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        self.modules = []
+        for name, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)):
+                continue
+            if "adapter_layer" in name:
+                continue
+            parent = model.get_submodule(name.rpartition(".")[0])
+            params = [p for n, p in parent.named_parameters() if "adapter_layer" not in n]
+            if params and not any(id(p) in trainable for p in params):
+                self.modules.append(module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for module in self.modules:
+            if module.training:
+                module.eval()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lhotse_sampler(dataloader):
+    """The Lhotse sampler behind a NeMo Lhotse dataloader (map-style or iterable wrapper), if any."""
+    from lhotse.dataset.sampling.base import CutSampler
+
+    for candidate in (getattr(dataloader, "sampler", None), getattr(getattr(dataloader, "dataset", None), "sampler", None)):
+        if isinstance(candidate, CutSampler):
+            return candidate
+    return None
+
+
+class ExactResume(pl.Callback):
+    """What Lightning's checkpoint lacks for an exact resume: the data position and the RNG streams.
+
+    The data position is (epoch, batches trained in it); on resume the fresh, identically seeded Lhotse sampler is
+    fast-forwarded over that many batches (cut metadata only, no audio is read). RNG states are those at the end
+    of the checkpointed step, restored just before the next step. Validation is made RNG-neutral, so a checkpoint
+    written after validation resumes the same stream as training straight through.
+    """
+
+    def __init__(self):
+        self.epoch = 0
+        self.batches = 0
+        self._resumed = None
+        self._module = None
+        self._val_rng = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._module = pl_module
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._resumed is None:
+            self.epoch, self.batches = trainer.current_epoch, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._resumed is not None:
+            _set_rng_state(self._resumed["rng"])
+            self._resumed = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+
+    def on_validation_start(self, trainer, pl_module):
+        self._val_rng = _rng_state()
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._val_rng is not None:
+            _set_rng_state(self._val_rng)
+            self._val_rng = None
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "batches": self.batches, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict):
+        self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
+        self._resumed = state_dict
+        dl = getattr(self._module, "_train_dl", None)
+        sampler = lhotse_sampler(dl)
+        if sampler is None or (dl.num_workers > 0 and sampler is not getattr(dl, "sampler", None)):
+            print("resume: this data source is read in loader workers; its position is not restored "
+                  "(training continues on a re-shuffled stream)", flush=True)
+            return
+        sampler.set_epoch(self.epoch)
+        iter(sampler)
+        for _ in range(self.batches):
+            next(sampler)
+        # Lhotse's own restore protocol: the next iter() (the DataLoader's) continues from here.
+        sampler._just_restored_state = True
+        print(f"resume: data position epoch {self.epoch}, {self.batches} batches in", flush=True)

@@ -27,6 +27,10 @@ class RunConfig:
     seed: int = MISSING
     # Run dirs are <output_dir>/<name>/<timestamp>/; a `latest` link points at the newest.
     output_dir: str = "runs"
+    # null: a new run. "auto": continue the newest run of this name from its newest valid checkpoint
+    # (weights, optimiser, scheduler, step, RNG and data position); a new run if there is none.
+    # Or a path to a .ckpt to continue from.
+    resume: Optional[str] = None
 
 
 @dataclass
@@ -40,6 +44,8 @@ class DataConfig:
     # Dynamic batching by total audio seconds per batch (Lhotse); batch_size caps the count.
     batch_duration_s: float = 60.0
     batch_size: Optional[int] = None
+    # Lhotse dynamic bucketing: batches of similar-length utterances (less padding). 0 = off.
+    num_buckets: int = 0
     min_duration_s: float = 0.1
     max_duration_s: float = 30.0
     num_workers: int = 0
@@ -52,16 +58,36 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
-    precision: str = "32-true"
+    # "ddp" for several devices or nodes (Lightning launches the local processes, or use torchrun/SLURM).
+    strategy: str = "auto"
+    # "auto": bf16-mixed on a GPU that supports it, fp32 otherwise (CPU).
+    precision: str = "auto"
     val_check_interval: int = 200  # steps between validations
     # Checkpoint selection: val_wer_mean, val_wer_<ms>ms for one chunk mode, or NeMo's val_wer (default mode).
     monitor: str = "val_wer_mean"
+    save_top_k: int = 2
+    # Periodic checkpoint (and `last.ckpt`) every N steps; null = every val_check_interval.
+    checkpoint_every_n_steps: Optional[int] = None
+    # Skip optimiser steps whose gradients are NaN/inf (the update is dropped, the step counted
+    # and logged as train_skipped_steps) instead of letting one bad batch destroy the weights.
+    skip_nonfinite_steps: bool = True
     log_every_n_steps: int = 10
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
     enable_progress_bar: bool = True
     # CPU threads for torch (None: torch's default). The demo pins it for repeatable timing.
     num_threads: Optional[int] = None
+
+
+@dataclass
+class FinetuneConfig:
+    # What trains: "full" (everything), "frozen_encoder" (prediction net + joint only) or
+    # "adapters" (linear adapters added to every encoder layer; the rest of the encoder frozen).
+    # Per-module learning rates: NeMo's own model.optim_param_groups, e.g. {encoder: {lr: 1e-5}}.
+    mode: str = "full"
+    adapter_dim: int = 64
+    # With mode=adapters: also train the prediction net and joint.
+    adapters_train_decoder_joint: bool = False
 
 
 @dataclass
@@ -102,6 +128,7 @@ class RecipeConfig:
     # NeMo's own model config (target class, preprocessor, encoder, decoder, joint, ...).
     model: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

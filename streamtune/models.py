@@ -6,14 +6,14 @@ We drive NeMo's own classes; nothing here wraps its modules.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from streamtune.config import require, resolved
+from streamtune.config import require
 from streamtune.errors import UserError
+from streamtune.finetune import finalise_contexts, recipe_model_section, support_adapters
 
 
 @dataclass(frozen=True)
@@ -40,60 +40,68 @@ class ChunkMode:
         return f"{self.chunk_ms}ms[{self.left},{self.right}]"
 
 
-def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
-    """NeMo checks ``sum(att_context_probs) == 1.0`` exactly as floats; make that true."""
-    if probs is None:
-        return None
-    if len(probs) != n:
-        raise UserError(f"model.encoder.att_context_probs has {len(probs)} values for {n} att_context_size pairs")
-    if any(p < 0 for p in probs) or sum(probs) <= 0:
-        raise UserError("model.encoder.att_context_probs must be non-negative and not all zero")
-    total = math.fsum(probs)
-    out = [p / total for p in probs]
-    out[-1] = 1.0 - math.fsum(out[:-1])
+def dataset_configs(cfg: DictConfig, sample_rate: int) -> dict:
+    """NeMo ``train_ds`` / ``validation_ds`` (Lhotse) from the recipe's ``data`` section."""
+    data = cfg.data
+    bucketing = {"use_bucketing": True, "num_buckets": data.num_buckets} if data.num_buckets else {}
+
+    def lhotse_ds(spec, shuffle: bool) -> dict:
+        return {
+            "use_lhotse": True,
+            **data_source(spec),
+            "sample_rate": sample_rate,
+            "batch_duration": data.batch_duration_s,
+            "batch_size": data.batch_size,
+            "shuffle": shuffle,
+            "shuffle_buffer_size": data.shuffle_buffer_size,
+            "num_workers": data.num_workers,
+            "min_duration": data.min_duration_s,
+            "max_duration": data.max_duration_s,
+            "seed": int(cfg.run.seed),
+            "shard_seed": int(cfg.run.seed),
+            "pin_memory": False,
+            # Shar and weighted mixes repeat forever; evaluation sets must end.
+            "force_finite": not shuffle,
+            **(bucketing if shuffle else {}),
+        }
+
+    out = {}
+    if data.train:
+        train = OmegaConf.to_container(data.train) if OmegaConf.is_config(data.train) else data.train
+        out["train_ds"] = lhotse_ds(train, shuffle=True)
+    if data.dev:
+        out["validation_ds"] = lhotse_ds(data.dev, shuffle=False)
     return out
 
 
 def nemo_model_config(cfg: DictConfig) -> DictConfig:
-    """NeMo's model config from a recipe: the ``model`` section plus datasets from ``data``."""
+    """NeMo's model config for a model built from the recipe alone (no ``model.init_from``)."""
     require(cfg, ["model.target", "model.tokenizer.dir"])
-    model_cfg = resolved(cfg).model
+    model_cfg = recipe_model_section(cfg)
     with open_dict(model_cfg):
-        model_cfg.pop("target")
-        data = cfg.data
-
-        def lhotse_ds(spec, shuffle: bool) -> dict:
-            return {
-                "use_lhotse": True,
-                **data_source(spec),
-                "sample_rate": model_cfg.sample_rate,
-                "batch_duration": data.batch_duration_s,
-                "batch_size": data.batch_size,
-                "shuffle": shuffle,
-                "shuffle_buffer_size": data.shuffle_buffer_size,
-                "num_workers": data.num_workers,
-                "min_duration": data.min_duration_s,
-                "max_duration": data.max_duration_s,
-                "seed": int(cfg.run.seed),
-                "shard_seed": int(cfg.run.seed),
-                "pin_memory": False,
-                # Shar and weighted mixes repeat forever; evaluation sets must end.
-                "force_finite": not shuffle,
-            }
-
-        if data.train:
-            train = OmegaConf.to_container(data.train) if OmegaConf.is_config(data.train) else data.train
-            model_cfg.train_ds = lhotse_ds(train, shuffle=True)
-        if data.dev:
-            model_cfg.validation_ds = lhotse_ds(data.dev, shuffle=False)
-        enc = model_cfg.encoder
-        sizes = enc.get("att_context_size")
-        if sizes is not None and len(sizes) and OmegaConf.is_list(sizes[0]):  # a multi-context list of pairs
-            enc.att_context_probs = normalise_probs(enc.get("att_context_probs"), len(sizes))
+        model_cfg.update(dataset_configs(cfg, model_cfg.sample_rate))
+    finalise_contexts(model_cfg)
+    if cfg.finetune.mode == "adapters":
+        support_adapters(model_cfg)
     tok_dir = Path(model_cfg.tokenizer.dir)
     if not (tok_dir / "tokenizer.model").exists():
         raise UserError(f"tokenizer dir '{tok_dir}' has no tokenizer.model; build one with `python -m data_prep tokenizer`")
     return model_cfg
+
+
+def check_model_config(cfg: DictConfig) -> None:
+    """Everything about the model a user can get wrong, checked before a run dir exists."""
+    from streamtune.config import resolved
+
+    resolved(cfg)  # names any ??? the recipe leaves for the command line
+    if cfg.model.get("init_from"):
+        path = Path(cfg.model.init_from)
+        if not path.is_file():
+            raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
+        dataset_configs(cfg, 16000)
+        recipe_model_section(cfg)
+    else:
+        nemo_model_config(cfg)
 
 
 def _one_source(path: str) -> tuple[str, str]:
@@ -136,11 +144,30 @@ def model_class(target: str):
         raise UserError(f"model.target '{target}' is not an importable NeMo model class") from None
 
 
-def build_model(cfg: DictConfig, trainer=None):
-    """A fresh model (random weights) of the recipe's class and config."""
-    model_cfg = nemo_model_config(cfg)
-    cls = model_class(cfg.model.target)
-    return cls(cfg=model_cfg, trainer=trainer)
+def build_model(cfg: DictConfig, trainer=None, log=print):
+    """The model to train: from ``model.init_from`` or fresh from the recipe, in its fine-tuning mode, data set up.
+
+    ``log`` receives the human-readable account of what was merged, changed and frozen.
+    """
+    from streamtune.finetune import apply_finetune_mode, check_param_groups, start_from
+
+    if cfg.model.get("init_from"):
+        model, report = start_from(cfg, trainer=trainer)
+        with open_dict(model.cfg):
+            model.cfg.update(dataset_configs(cfg, model.cfg.sample_rate))
+        if "train_ds" in model.cfg:
+            model.setup_training_data(model.cfg.train_ds)
+        if "validation_ds" in model.cfg:
+            model.setup_validation_data(model.cfg.validation_ds)
+        log(report)
+    else:
+        if cfg.model.get("tokenizer_dir"):
+            raise UserError("model.tokenizer_dir changes the vocabulary of a model given by model.init_from; "
+                            "a model built from the recipe uses model.tokenizer.dir")
+        model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
+    log(apply_finetune_mode(model, cfg.finetune))
+    check_param_groups(model)
+    return model
 
 
 def load_model(path: str | Path, device: str = "cpu"):

@@ -65,11 +65,7 @@ def make_run_dir(output_dir: str | Path, name: str) -> Path:
         run_dir = base / f"{stamp}-{suffix}"
         suffix += 1
     run_dir.mkdir()
-    latest = base / "latest"
-    tmp = base / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, latest)  # atomic: `latest` is never missing or half-written
+    _point_latest(run_dir)
     return run_dir
 
 
@@ -77,3 +73,81 @@ def write_env(path: str | Path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(environment(), indent=2) + "\n")
     return path
+
+
+RUN_ENV = ("STREAMTUNE_RUN_DIR", "STREAMTUNE_RESUME_CKPT", "STREAMTUNE_RESUME_STEP")
+
+
+def is_global_zero() -> bool:
+    """Whether this is the first process of the launch (torchrun, SLURM or Lightning's launcher), or alone."""
+    env = os.environ
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in env:
+            return env[var] == "0"
+    return env.get("LOCAL_RANK", "0") == "0" and env.get("NODE_RANK", "0") == "0"
+
+
+def forget_run_dir() -> None:
+    """Drop the run dir this process published (a later train.main() in the same process starts afresh)."""
+    for var in RUN_ENV:
+        os.environ.pop(var, None)
+
+
+def _point_latest(run_dir: Path) -> None:
+    """Atomically re-point ``<name>/latest`` (it is never missing or half-written)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)
+
+
+def resolve_run_dir(cfg) -> tuple[Path, Path | None, int]:
+    """(run dir, checkpoint to resume from or None, its step) for this process.
+
+    Every process of one launch must agree: the first process publishes its choice in the environment, which
+    Lightning's launcher copies to the processes it starts; torchrun and SLURM processes each derive the same
+    ``job-<id>`` dir from the launch's id.
+    """
+    from streamtune.checkpointing import find_resume_checkpoint, readable_checkpoint
+    from streamtune.errors import UserError
+
+    if os.environ.get("STREAMTUNE_RUN_DIR"):
+        ckpt = os.environ.get("STREAMTUNE_RESUME_CKPT") or None
+        return Path(os.environ["STREAMTUNE_RUN_DIR"]), Path(ckpt) if ckpt else None, int(
+            os.environ.get("STREAMTUNE_RESUME_STEP", "0"))
+    base = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir, ckpt, step = None, None, 0
+    resume = cfg.run.resume
+    if resume == "auto":
+        runs = sorted((p for p in base.glob("*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []
+        found = find_resume_checkpoint(runs)
+        if found:
+            run_dir, ckpt, step = found
+        else:
+            print(f"run.resume=auto: no readable checkpoint under {base}; starting a new run", flush=True)
+    elif resume:
+        ckpt = Path(resume)
+        info = readable_checkpoint(ckpt) if ckpt.is_file() else None
+        if info is None:
+            raise UserError(f"run.resume '{resume}' is not a readable checkpoint; pass a .ckpt from a run's "
+                            "checkpoints/ dir, or run.resume=auto")
+        step = info["global_step"]
+        run_dir = ckpt.parent.parent if (ckpt.parent.parent / "config.yaml").exists() else None
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
+    launch_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_dir is None and world > 1 and launch_id and launch_id != "none":
+        run_dir = base / f"job-{launch_id}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif run_dir is None:
+        run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name) if is_global_zero() else None
+        if run_dir is None:
+            raise UserError("a multi-process launch needs a shared launch id (SLURM_JOB_ID or torchrun's "
+                            "--rdzv-id); see README 'Many GPUs and nodes'")
+    if is_global_zero():
+        _point_latest(run_dir)
+    os.environ["STREAMTUNE_RUN_DIR"] = str(run_dir)  # children started by Lightning's launcher inherit it
+    os.environ["STREAMTUNE_RESUME_CKPT"] = str(ckpt) if ckpt else ""
+    os.environ["STREAMTUNE_RESUME_STEP"] = str(step)
+    return run_dir, ckpt, step

@@ -8,12 +8,17 @@ from pathlib import Path
 WANDB_MODES = ("disabled", "offline", "online")
 
 
-def make_loggers(cfg, run_dir: Path) -> list:
+def make_loggers(cfg, run_dir: Path, resume_step: int | None = None) -> list:
+    """CSV (``logs/metrics.csv``; a resumed run writes ``logs/resume-stepN/``) and W&B when asked.
+
+    The W&B run id is derived from the run dir, so a resumed run continues the same W&B run.
+    """
     from lightning.pytorch.loggers import CSVLogger
 
     loggers = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        version = "" if resume_step is None else f"resume-step{resume_step:07d}"
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=version))
     mode = cfg.logger.wandb_mode
     if mode not in WANDB_MODES:
         from streamtune.errors import UserError
@@ -27,9 +32,12 @@ def make_loggers(cfg, run_dir: Path) -> list:
         # Never let W&B wait on a network that is not there.
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
         os.environ.setdefault("WANDB_SILENT", "true")
+        run_id = f"{cfg.run.name}-{run_dir.name}"
         logger = WandbLogger(
             project=cfg.logger.wandb_project,
-            name=f"{cfg.run.name}-{run_dir.name}",
+            name=run_id,
+            id="".join(c if c.isalnum() or c in "-_" else "-" for c in run_id),
+            resume="allow",
             save_dir=str(run_dir),
             mode=mode,
         )

@@ -1,0 +1,271 @@
+"""Start points and adaptation modes for fine-tuning.
+
+``model.init_from`` names a local ``.nemo`` (RNN-T or hybrid RNNT-CTC) or a
+Lightning ``.ckpt``. The recipe's ``model`` section is laid over the config the
+start point carries: recipe values win (data, optimiser, SpecAugment, loss,
+context sizes and probabilities), the architecture must stay the same, and
+every change is reported. The start point's tokenizer is kept unless
+``model.tokenizer_dir`` names a new one: then NeMo's ``change_vocabulary``
+rebuilds the prediction net and joint, and we rebuild the loss from the config
+(NeMo's rebuild silently resets FastEmit and the loss type to defaults).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from streamtune.errors import UserError
+
+# Our keys inside the `model` section; everything else there is NeMo's own config.
+OWN_KEYS = ("target", "init_from", "tokenizer_dir", "att_context_sizes", "att_context_probs")
+# Sections the recipe replaces whole instead of merging key by key (a new scheduler must not
+# inherit the old one's arguments; datasets are always ours).
+REPLACED = ("optim", "train_ds", "validation_ds", "test_ds")
+# Sections instantiated as NeMo modules: a key they do not have is a typo, not an addition.
+MODULES = ("preprocessor", "encoder", "decoder", "joint", "spec_augment")
+MODES = ("full", "frozen_encoder", "adapters")
+ADAPTER_NAME = "streamtune"
+
+
+def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
+    """NeMo checks ``sum(att_context_probs) == 1`` with a plain float sum; make that exactly true."""
+    if probs is None:
+        return None
+    if len(probs) != n:
+        raise UserError(f"model att_context_probs has {len(probs)} values for {n} att_context_size pairs")
+    if any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise UserError("model att_context_probs must be non-negative and not all zero")
+    total = math.fsum(probs)
+    out = [p / total for p in probs]
+    out[-1] = 1.0 - sum(out[:-1])
+    while sum(out) != 1.0:  # rounding: nudge the last value by one ulp towards an exact sum
+        out[-1] = math.nextafter(out[-1], 2.0 if sum(out) < 1.0 else -1.0)
+    return out
+
+
+def recipe_model_section(cfg: DictConfig) -> DictConfig:
+    """The recipe's ``model`` section as NeMo config: resolved, our keys removed, shortcuts applied."""
+    from streamtune.config import resolved
+
+    section = resolved(cfg).model
+    sizes = section.get("att_context_sizes")
+    probs = section.get("att_context_probs")
+    with open_dict(section):
+        for key in OWN_KEYS:
+            section.pop(key, None)
+        if sizes is not None or probs is not None:
+            section.setdefault("encoder", {})
+            if sizes is not None:
+                section.encoder.att_context_size = sizes
+            if probs is not None or sizes is not None:
+                section.encoder.att_context_probs = probs
+    return section
+
+
+def finalise_contexts(model_cfg: DictConfig) -> None:
+    """Normalise ``att_context_probs`` against the final list of context sizes."""
+    enc = model_cfg.get("encoder")
+    sizes = enc.get("att_context_size") if enc is not None else None
+    if sizes is not None and len(sizes) and OmegaConf.is_list(sizes[0]):
+        with open_dict(enc):
+            enc.att_context_probs = normalise_probs(enc.get("att_context_probs"), len(sizes))
+
+
+def support_adapters(model_cfg: DictConfig) -> None:
+    """Swap the encoder class for its registered adapter-capable twin (ConformerEncoder -> ConformerEncoderAdapter).
+
+    Same parameters, same forward; it only adds the adapter hooks. What NeMo's adapter scripts do.
+    """
+    from hydra.utils import get_class
+    from nemo.core.classes.mixins.adapter_mixins import get_registered_adapter
+
+    info = get_registered_adapter(get_class(model_cfg.encoder._target_))
+    if info is None and not hasattr(get_class(model_cfg.encoder._target_), "add_adapter"):
+        raise UserError(f"encoder {model_cfg.encoder._target_} has no adapter support; use finetune.mode=frozen_encoder")
+    if info is not None:
+        model_cfg.encoder._target_ = info.adapter_class_path
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, DictConfig):
+        out = {}
+        for key in node.keys():
+            out.update(_flatten(node.get(key), f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}
+
+
+def config_changes(before: DictConfig, after: DictConfig) -> list[tuple[str, object, object]]:
+    """``(key, before, after)`` for every leaf that differs; a missing side is ``"<absent>"``."""
+    a, b = _flatten(before), _flatten(after)
+    absent = "<absent>"
+    return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+
+
+def merge_onto_base(base: DictConfig, overlay: DictConfig, where: str) -> DictConfig:
+    """Lay the recipe's model section over a start point's config (see module doc for the rules)."""
+    merged = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    for key in overlay.keys():
+        value = overlay.get(key)
+        if key in REPLACED or key not in merged or not isinstance(value, DictConfig) \
+                or not isinstance(merged.get(key), DictConfig):
+            with open_dict(merged):
+                merged[key] = value
+            continue
+        if key in MODULES:
+            unknown = sorted(set(_flatten(value, f"{key}.")) - set(_flatten(merged[key], f"{key}.")))
+            # A whole new sub-dict is one flattened key per leaf; only complain about leaves whose parent exists.
+            unknown = [k for k in unknown if k.rsplit(".", 1)[0] in _parents(merged[key], key)]
+            if unknown:
+                raise UserError(f"recipe sets model.{unknown[0]}, which the model in {where} does not have; "
+                                f"check the spelling against `python train.py --print-config` of that model")
+        merged[key] = OmegaConf.merge(merged[key], value)
+    return merged
+
+
+def _parents(node: DictConfig, prefix: str) -> set[str]:
+    out = {prefix}
+    for key in node.keys():
+        value = node.get(key)
+        if isinstance(value, DictConfig):
+            out |= _parents(value, f"{prefix}.{key}")
+    return out
+
+
+def describe_changes(changes, where: str) -> str:
+    if not changes:
+        return f"init_from {where}: the recipe changes nothing in its model config"
+    lines = [f"init_from {where}: the recipe overrides {len(changes)} model config value(s):"]
+    lines += [f"  model.{key}: {old!r} -> {new!r}" for key, old, new in changes]
+    return "\n".join(lines)
+
+
+def _base_config(path: Path):
+    """(config, loader) of a start point: a .nemo archive or a Lightning checkpoint made by NeMo."""
+    if not path.is_file():
+        raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
+    if path.suffix == ".ckpt":
+        import torch
+
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            base = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
+        except Exception as err:
+            raise UserError(f"model.init_from '{path}' is not a NeMo Lightning checkpoint: {err}") from None
+        return base, ckpt
+    from nemo.collections.asr.models import ASRModel
+
+    try:
+        return ASRModel.restore_from(str(path), map_location="cpu", return_config=True), None
+    except Exception as err:
+        raise UserError(f"model.init_from '{path}' could not be read as a .nemo archive: {err}") from None
+
+
+def start_from(cfg: DictConfig, trainer=None):
+    """The model named by ``model.init_from`` with the recipe laid over it; returns (model, report)."""
+    from streamtune.models import model_class
+
+    path = Path(cfg.model.init_from)
+    base, ckpt = _base_config(path)
+    overlay = recipe_model_section(cfg)
+    with open_dict(overlay):
+        overlay.pop("tokenizer", None)  # the start point's tokenizer is kept (model.tokenizer_dir changes it)
+    merged = merge_onto_base(base, overlay, str(path))
+    finalise_contexts(merged)
+    if cfg.finetune.mode == "adapters":
+        support_adapters(merged)
+    report = describe_changes(config_changes(base, merged), str(path))
+    new_tok = cfg.model.get("tokenizer_dir")
+    try:
+        if ckpt is None:
+            from nemo.collections.asr.models import ASRModel
+
+            model = ASRModel.restore_from(str(path), override_config_path=merged, map_location="cpu",
+                                          strict=True, trainer=trainer)
+        else:
+            tok_dir = merged.tokenizer.get("dir")
+            if str(merged.tokenizer.get("model_path", "")).startswith("nemo:") or not Path(str(tok_dir)).is_dir():
+                raise UserError(f"the tokenizer of checkpoint '{path}' ({tok_dir}) is not on disk; "
+                                "start from the run's .nemo instead, or pass model.tokenizer_dir=DIR")
+            model = model_class(merged.target)(cfg=merged, trainer=trainer)
+            model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as err:
+        # NeMo leaves its process-wide "a model is being restored" flag set when a restore fails; every
+        # model built afterwards in this process would then skip its data setup.
+        from nemo.core.classes.modelPT import ModelPT
+
+        ModelPT._set_model_restore_state(is_being_restored=False)
+        if not isinstance(err, RuntimeError):
+            raise
+        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
+            raise UserError(f"the recipe changes the architecture of {path}, so its weights do not fit "
+                            f"({str(err).splitlines()[0][:200]}). Fine-tuning recipes may change data, optimiser, "
+                            f"SpecAugment, loss and context sizes, not layer shapes.\n{report}") from None
+        raise
+    if new_tok:
+        report += "\n" + change_tokenizer(model, new_tok)
+    return model, report
+
+
+def rebuild_loss(model) -> None:
+    """The RNN-T loss exactly as the model's config says (what NeMo's __init__ does)."""
+    from nemo.collections.asr.losses.rnnt import RNNTLoss
+
+    loss_name, loss_kwargs = model.extract_rnnt_loss_cfg(model.cfg.get("loss", None))
+    model.loss = RNNTLoss(num_classes=model.joint.num_classes_with_blank - 1, loss_name=loss_name,
+                          loss_kwargs=loss_kwargs, reduction=model.cfg.get("rnnt_reduction", "mean_batch"))
+    if model.joint.fuse_loss_wer:
+        model.joint.set_loss(model.loss)
+
+
+def change_tokenizer(model, tokenizer_dir: str) -> str:
+    tok = Path(tokenizer_dir)
+    if not (tok / "tokenizer.model").is_file():
+        raise UserError(f"model.tokenizer_dir '{tok}' has no tokenizer.model; "
+                        "build one with `python -m data_prep tokenizer`")
+    old = model.tokenizer.vocab_size
+    model.change_vocabulary(new_tokenizer_dir=str(tok), new_tokenizer_type="bpe")
+    rebuild_loss(model)  # change_vocabulary resets the loss (FastEmit, loss type) to defaults
+    return (f"model.tokenizer_dir {tok}: vocabulary {old} -> {model.tokenizer.vocab_size} tokens; "
+            f"prediction net and joint re-initialised; loss rebuilt from model.loss")
+
+
+def apply_finetune_mode(model, fcfg) -> str:
+    """Freeze what the mode says; returns a one-line summary of what trains."""
+    if fcfg.mode not in MODES:
+        raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{fcfg.mode}'")
+    if fcfg.mode == "frozen_encoder":
+        model.encoder.freeze()
+    elif fcfg.mode == "adapters":
+        from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
+
+        if not hasattr(model, "add_adapter"):
+            raise UserError(f"{type(model).__name__} does not support adapters; use finetune.mode=frozen_encoder")
+        if not any(ADAPTER_NAME in getattr(m, "adapter_layer", {}) for m in model.encoder.modules()):
+            cfg = LinearAdapterConfig(in_features=model.cfg.encoder.d_model, dim=fcfg.adapter_dim)
+            model.add_adapter(name=f"encoder:{ADAPTER_NAME}", cfg=OmegaConf.structured(cfg))
+        model.set_enabled_adapters(name=ADAPTER_NAME, enabled=True)
+        model.freeze()
+        model.unfreeze_enabled_adapters()
+        if fcfg.adapters_train_decoder_joint:
+            model.decoder.unfreeze()
+            model.joint.unfreeze()
+        model.train()
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"finetune.mode={fcfg.mode}: {trainable:,} of {total:,} parameters train"
+
+
+def check_param_groups(model) -> None:
+    """NeMo's ``model.optim_param_groups`` keys must name modules of the model (checked before training)."""
+    groups = model.cfg.get("optim_param_groups")
+    if not groups:
+        return
+    names = [n for n, _ in model.named_children()]
+    for key in groups:
+        if key not in names:
+            raise UserError(f"model.optim_param_groups.{key}: the model has no module '{key}' "
+                            f"(it has {', '.join(names)})")
