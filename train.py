@@ -20,22 +20,13 @@ from streamtune.config import add_config_args, load_config, resolved, save_confi
 from streamtune.errors import UserError, cli_entry
 
 
-def precision(tcfg) -> str:
-    """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
-    if tcfg.precision != "auto":
-        return tcfg.precision
-    import torch
-
-    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
-
-
 def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
     from streamtune.callbacks import ChunkWER, ExactResume, FrozenStaysFrozen, SkipNonFinite, Throughput
     from streamtune.checkpointing import AtomicCheckpointIO
+    from streamtune.runtime import trainer_precision
     from streamtune.tracking import make_loggers
 
     tcfg = cfg.trainer
@@ -57,8 +48,10 @@ def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
         save_top_k=1,
         save_last="link",
     )
-    callbacks = [ExactResume(), FrozenStaysFrozen(), Throughput(),
-                 LearningRateMonitor(logging_interval="step"), periodic]
+    loggers = make_loggers(cfg, run_dir, resume_step)
+    callbacks = [ExactResume(), FrozenStaysFrozen(), Throughput(), periodic]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tcfg.skip_nonfinite_steps:
         callbacks.insert(0, SkipNonFinite())
     if cfg.data.dev:
@@ -78,7 +71,7 @@ def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
         devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,
         strategy=tcfg.strategy,
-        precision=precision(tcfg),
+        precision=trainer_precision(tcfg),
         val_check_interval=tcfg.val_check_interval,
         check_val_every_n_epoch=None,
         log_every_n_steps=tcfg.log_every_n_steps,
@@ -87,7 +80,7 @@ def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
         enable_progress_bar=tcfg.enable_progress_bar,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # Lhotse samplers shard the data across ranks themselves
-        logger=make_loggers(cfg, run_dir, resume_step),
+        logger=loggers,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=True,

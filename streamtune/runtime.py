@@ -25,3 +25,13 @@ def setup_runtime(cfg=None, seed: int | None = None, num_threads: int | None = N
     torch.backends.cudnn.allow_tf32 = False
     # Tell tokenizers / OpenMP in loader workers not to oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def trainer_precision(tcfg) -> str:
+    """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    import torch
+
+    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
