@@ -70,6 +70,9 @@ class ChunkWER(pl.Callback):
         wers["val_wer_mean"] = sum(wers.values()) / len(wers)
         for key, value in wers.items():
             pl_module.log(key, value, on_epoch=True, prog_bar=key == "val_wer_mean", sync_dist=False)
+        if trainer.is_global_zero:  # one readable line per validation in the console / log file
+            print(f"step {trainer.global_step} dev WER: " + ", ".join(
+                f"{k.removeprefix('val_wer_')} {100 * v:.2f}%" for k, v in wers.items()), flush=True)
 
 
 class SkipNonFinite(pl.Callback):

@@ -83,10 +83,12 @@ def _state(path: Path) -> dict:
     return {k: v.clone() for k, v in load_model(path).state_dict().items()}
 
 
-def test_full_finetune_from_nemo(base_nemo, corpus, tmp_path):
+def test_full_finetune_from_nemo(base_nemo, corpus, tmp_path, capsys):
     from streamtune.models import load_model
 
     run = finetune("full_finetune.yaml", base_nemo, corpus, tmp_path, "model.att_context_probs=[4,3,2,1]")
+    console = capsys.readouterr().out
+    assert "step 3 dev WER: 1120ms " in console and "80ms" in console and "mean" in console
     base, tuned = load_model(base_nemo), load_model(run / "final.nemo")
     assert type(tuned).__name__ == "EncDecRNNTBPEModel"
     changed = [k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
