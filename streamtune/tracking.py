@@ -81,9 +81,15 @@ def read_offline_history(wandb_file: str | Path) -> list[dict]:
 
 
 def finish_tracking() -> None:
-    """Close the W&B run (if any) so its files are complete when train.py returns."""
+    """Close the W&B run (if any) so its files are complete when train.py returns.
+
+    ``finish()`` returns once W&B's service has *handled* the run's exit, but the service may still hold the
+    tail of the run file in its write buffer (seen under heavy CPU load: the last validation row missing
+    from an offline run file read right after). ``teardown()`` stops the service, which closes its files.
+    """
     import sys
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+        wandb.teardown()
