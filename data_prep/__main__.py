@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--num-jobs", type=int, default=2)
     syn.add_argument("--force", action="store_true", help="regenerate even if the corpus is up to date")
+    syn.add_argument("--words-file", help="word list to draw sentences from (whitespace-separated, # comments); "
+                     "default: the demo's 96 words")
+    syn.add_argument("--voices", help="comma-separated espeak-ng voices, e.g. en-gb-x-gbcwmd+f5,en-us+m4; "
+                     "default: the demo's seven")
+    syn.add_argument("--id-prefix", default="synth", help="cut ids are <prefix>-<split>-00000")
 
     def add_common(p):
         p.add_argument("--out", required=True, help="output directory (cuts_<split>.jsonl.gz, rejected.jsonl, report.json)")
@@ -135,10 +140,13 @@ def _mark_done(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "synthetic":
-        from data_prep.synthetic import prepare_synthetic
+        from data_prep.synthetic import prepare_synthetic, read_words
 
+        words = read_words(args.words_file) if args.words_file else None
+        voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
         prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed,
-                          num_jobs=args.num_jobs, min_words=args.min_words, max_words=args.max_words, force=args.force)
+                          num_jobs=args.num_jobs, min_words=args.min_words, max_words=args.max_words, force=args.force,
+                          words=words, voices=voices, id_prefix=args.id_prefix)
     elif args.command in ("nemo", "granary", "nemo-tarred", "hf", "folder", "lhotse"):
         from data_prep import sources
         from data_prep.validate import ValidationConfig, tokenizer_alphabet, write_validated

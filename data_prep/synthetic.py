@@ -3,7 +3,9 @@
 Sentences are drawn from a word list; each split gets *its own* sentences
 (no sentence is in two splits), spoken by several espeak-ng voices at several
 rates and pitches, resampled to 16 kHz mono, and written as Lhotse cuts.
-Everything is deterministic from ``seed``.
+Everything is deterministic from ``seed``. The word list and voices default to
+the demo's (``WORDS``, ``VOICES``); pass others to make a second domain
+(``--words-file``, ``--voices`` on the CLI).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Utterance:
     pitch: int
 
 
-def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words: int, max_words: int) -> list[str]:
+def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words: int, max_words: int,
+                   words: list[str] = WORDS) -> list[str]:
     sentences: list[str] = []
     seen = set(exclude)
     attempts = 0
@@ -62,29 +65,29 @@ def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words:
         attempts += 1
         if attempts > count * 100:
             raise UserError("could not draw enough distinct sentences; lower the counts or widen the word range")
-        words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
-        sentence = " ".join(words)
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
         if sentence not in seen:
             seen.add(sentence)
             sentences.append(sentence)
     return sentences
 
 
-def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 2, max_words: int = 5) -> list[Utterance]:
+def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 2, max_words: int = 5, words: list[str] = WORDS,
+                voices: list[str] = VOICES, id_prefix: str = "synth") -> list[Utterance]:
     """Decide every utterance (text, voice, rate, pitch) from the seed; splits never share a sentence."""
     rng = random.Random(seed)
     used: set[str] = set()
     plan = []
     for split, count in counts.items():
-        sentences = make_sentences(rng, count, used, min_words, max_words)
+        sentences = make_sentences(rng, count, used, min_words, max_words, words)
         used.update(sentences)
         for i, text in enumerate(sentences):
             plan.append(
                 Utterance(
-                    id=f"synth-{split}-{i:05d}",
+                    id=f"{id_prefix}-{split}-{i:05d}",
                     split=split,
                     text=text,
-                    voice=rng.choice(VOICES),
+                    voice=rng.choice(voices),
                     rate_wpm=rng.choice(RATES_WPM),
                     pitch=rng.choice(PITCHES),
                 )
@@ -94,6 +97,28 @@ def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 2, max_words
 
 def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
+
+
+def read_words(path: str | Path) -> list[str]:
+    """A word list file: words separated by whitespace, ``#`` starts a comment; duplicates are dropped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read word list {path}: {err.strerror}") from None
+    words = list(dict.fromkeys(w for line in lines for w in line.split("#", 1)[0].split()))
+    if len(words) < 2:
+        raise UserError(f"word list {path} has {len(words)} distinct words; it needs at least 2")
+    return words
+
+
+def check_voices(voices: list[str]) -> None:
+    """Fail early, naming the voice, when espeak-ng does not know one."""
+    if not voices:
+        raise UserError("no voices given")
+    for voice in voices:
+        proc = subprocess.run(["espeak-ng", "-v", voice, "-q", "x"], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise UserError(f"espeak-ng has no voice '{voice}' (see `espeak-ng --voices=en`, variants as VOICE+f3)")
 
 
 def synthesize(utt: Utterance) -> np.ndarray:
@@ -124,8 +149,14 @@ def prepare_synthetic(
     min_words: int = 2,
     max_words: int = 5,
     force: bool = False,
+    words: list[str] | None = None,
+    voices: list[str] | None = None,
+    id_prefix: str = "synth",
 ) -> dict[str, Path]:
     """Generate the corpus into ``out_dir``; returns ``{split: cuts_path}``.
+
+    ``words`` / ``voices`` default to ``WORDS`` / ``VOICES``; ``id_prefix`` names the cuts
+    (``<prefix>-<split>-00000``), so that two generated corpora can be mixed without clashing ids.
 
     Re-running with the same arguments reuses the finished corpus (``force`` redoes it).
     """
@@ -134,17 +165,23 @@ def prepare_synthetic(
 
     if not espeak_available():
         raise UserError("espeak-ng is not installed; run `make setup` (or apt-get install espeak-ng)")
+    words, voices = list(words or WORDS), list(voices or VOICES)
+    if voices != VOICES:
+        check_voices(voices)
     out_dir = Path(out_dir)
     counts = {"train": num_train, "dev": num_dev, "test": num_test}
     counts = {k: v for k, v in counts.items() if v > 0}
-    key = hashlib.sha256(repr((sorted(counts.items()), seed, min_words, max_words, WORDS, VOICES)).encode()).hexdigest()
+    # The key of the demo's defaults is unchanged by the later options: a new option joins the key only when set.
+    extra = () if id_prefix == "synth" else (id_prefix,)
+    key_parts = (sorted(counts.items()), seed, min_words, max_words, words, voices) + extra
+    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()
     stamp = out_dir / ".synthetic.done"
     cuts_paths = {split: out_dir / f"cuts_{split}.jsonl.gz" for split in counts}
     if not force and stamp.exists() and stamp.read_text() == key and all(p.exists() for p in cuts_paths.values()):
         print(f"synthetic corpus in {out_dir} is up to date (use --force to regenerate)")
         return cuts_paths
 
-    plan = plan_corpus(counts, seed, min_words, max_words)
+    plan = plan_corpus(counts, seed, min_words, max_words, words, voices, id_prefix)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
 
