@@ -12,6 +12,7 @@ rebuilds the prediction net and joint, and we rebuild the loss from the config
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 
@@ -116,12 +117,14 @@ def merge_onto_base(base: DictConfig, overlay: DictConfig, where: str) -> DictCo
                 merged[key] = value
             continue
         if key in MODULES:
-            unknown = sorted(set(_flatten(value, f"{key}.")) - set(_flatten(merged[key], f"{key}.")))
+            known = set(_flatten(merged[key], f"{key}."))
+            unknown = sorted(set(_flatten(value, f"{key}.")) - known)
             # A whole new sub-dict is one flattened key per leaf; only complain about leaves whose parent exists.
             unknown = [k for k in unknown if k.rsplit(".", 1)[0] in _parents(merged[key], key)]
             if unknown:
-                raise UserError(f"recipe sets model.{unknown[0]}, which the model in {where} does not have; "
-                                f"check the spelling against `python train.py --print-config` of that model")
+                close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.6)
+                hint = f" Did you mean {', '.join('model.' + c for c in close)}?" if close else ""
+                raise UserError(f"recipe sets model.{unknown[0]}, which the model in {where} does not have.{hint}")
         merged[key] = OmegaConf.merge(merged[key], value)
     return merged
 

@@ -196,7 +196,7 @@ def test_finetune_config_errors_are_clear(base_nemo, corpus, tmp_path, capsys):
 
     cases = {
         "+model.optim_param_groups.encodr.lr=1e-5": "the model has no module 'encodr'",
-        "+model.encoder.att_context_sise=[[70,0]]": "model.encoder.att_context_sise, which the model",
+        "+model.encoder.att_context_sise=[[70,0]]": "does not have. Did you mean model.encoder.att_context_size",
         "model.init_from=/nowhere/base.nemo": "'/nowhere/base.nemo' does not exist",
         "finetune.mode=adapter": "finetune.mode must be one of full, frozen_encoder, adapters",
         "+model.encoder.d_model=48": "changes the architecture",
