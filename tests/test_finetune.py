@@ -41,7 +41,7 @@ def _base(corpus, tokenizer: Path, out: Path, target: str | None = None) -> Path
     from streamtune.models import build_model
 
     overrides = [*TINY_MODEL, "model.preprocessor.features=128", f"data.tokenizer_dir={tokenizer}",
-                 f"data.train={corpus / 'cuts_train.jsonl.gz'}", "model.loss.loss_name=default",
+                 f"data.train={corpus / 'cuts_train.jsonl.gz'}", "data.dev=null", "model.loss.loss_name=default",
                  "+model.loss.warprnnt_numba_kwargs.fastemit_lambda=0.001"]
     if target:
         overrides.append(f"model.target={target}")
