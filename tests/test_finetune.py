@@ -262,3 +262,16 @@ def test_recipes_open_with_purpose_and_command():
     for recipe in sorted(NEMOTRON.glob("*.yaml")):
         head = recipe.read_text().split("\n\n")[0]
         assert head.startswith("# ") and f"python train.py --config recipes/nemotron/{recipe.name}" in head, recipe
+
+
+def test_context_probs_sum_to_exactly_one_as_nemo_checks():
+    """NeMo rejects att_context_probs unless the *plain* float sum is exactly 1; [4,3,2,1]/10 alone is not."""
+    import random
+
+    from streamtune.finetune import normalise_probs
+
+    assert sum(w / 10 for w in [4, 3, 2, 1]) != 1.0
+    rng = random.Random(0)
+    for weights in [[4, 3, 2, 1], [1, 1, 1], *([rng.random() for _ in range(rng.randint(1, 6))] for _ in range(2000))]:
+        probs = normalise_probs(weights, len(weights))
+        assert sum(probs) == 1.0 and probs == pytest.approx([w / sum(weights) for w in weights])
