@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(resolved(cfg)))
         return 0
-    from streamtune.finetune import MODES
     from streamtune.models import check_model_config
     from streamtune.rundir import forget_run_dir, resolve_run_dir
     from streamtune.runtime import setup_runtime
@@ -106,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     # Validate everything a user can get wrong before a run dir (and the `latest` link) is touched.
     if cfg.trainer.max_steps <= 0:
         raise UserError(f"trainer.max_steps must be > 0 (got {cfg.trainer.max_steps}): Lhotse data is step-driven")
-    if cfg.finetune.mode not in MODES:
-        raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{cfg.finetune.mode}'")
     check_model_config(cfg)
     setup_runtime(cfg)
     if args.dry_run:

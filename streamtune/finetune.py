@@ -148,8 +148,6 @@ def describe_changes(changes, where: str) -> str:
 
 def _base_config(path: Path):
     """(config, loader) of a start point: a .nemo archive or a Lightning checkpoint made by NeMo."""
-    if not path.is_file():
-        raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
     if path.suffix == ".ckpt":
         import torch
 
@@ -171,7 +169,7 @@ def start_from(cfg: DictConfig, trainer=None):
     """The model named by ``model.init_from`` with the recipe laid over it; returns (model, report)."""
     from streamtune.models import model_class
 
-    path = Path(cfg.model.init_from)
+    path = start_point(cfg)
     base, ckpt = _base_config(path)
     overlay = recipe_model_section(cfg)
     with open_dict(overlay):
@@ -236,10 +234,22 @@ def change_tokenizer(model, tokenizer_dir: str) -> str:
             f"prediction net and joint re-initialised; loss rebuilt from model.loss")
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{mode}'")
+
+
+def start_point(cfg: DictConfig) -> Path:
+    """``model.init_from`` as an existing file (a clear error otherwise)."""
+    path = Path(cfg.model.init_from)
+    if not path.is_file():
+        raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
+    return path
+
+
 def apply_finetune_mode(model, fcfg) -> str:
     """Freeze what the mode says; returns a one-line summary of what trains."""
-    if fcfg.mode not in MODES:
-        raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{fcfg.mode}'")
+    check_mode(fcfg.mode)
     if fcfg.mode == "frozen_encoder":
         model.encoder.freeze()
     elif fcfg.mode == "adapters":

@@ -92,12 +92,12 @@ def nemo_model_config(cfg: DictConfig) -> DictConfig:
 def check_model_config(cfg: DictConfig) -> None:
     """Everything about the model a user can get wrong, checked before a run dir exists."""
     from streamtune.config import resolved
+    from streamtune.finetune import check_mode, start_point
 
     resolved(cfg)  # names any ??? the recipe leaves for the command line
+    check_mode(cfg.finetune.mode)
     if cfg.model.get("init_from"):
-        path = Path(cfg.model.init_from)
-        if not path.is_file():
-            raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
+        start_point(cfg)
         dataset_configs(cfg, 16000)
         recipe_model_section(cfg)
     else:
