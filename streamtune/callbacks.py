@@ -205,7 +205,8 @@ class ExactResume(pl.Callback):
         dl = getattr(self._module, "_train_dl", None)
         sampler = lhotse_sampler(dl)
         if sampler is None or (dl.num_workers > 0 and sampler is not getattr(dl, "sampler", None)):
-            print("resume: this data source is read in loader workers; its position is not restored "
+            why = "has no Lhotse sampler" if sampler is None else "is read in loader workers"
+            print(f"resume: the training data {why}; its position is not restored "
                   "(training continues on a re-shuffled stream)", flush=True)
             return
         sampler.set_epoch(self.epoch)
