@@ -1,15 +1,41 @@
-"""Word error rate: plain Levenshtein alignment over words, no dependencies."""
+"""Error rates: the headline WER (Open ASR leaderboard normalisation), PnC WER and CER.
+
+* ``wer``: both sides through the Whisper English normaliser (``whisper_normalizer``
+  package, the port of OpenAI's ``EnglishTextNormalizer`` that the Open ASR
+  leaderboard scores with): lower case, no punctuation, spelled-out numbers
+  as digits, British -> American spelling, contractions expanded.
+* ``wer_pnc``: case- and punctuation-sensitive: the texts are only Unicode-NFC'd
+  and split on whitespace, so ``Hello,`` vs ``hello`` is one substitution.
+* ``cer``: characters (spaces included) of the Whisper-normalised texts.
+
+Alignment is a plain Levenshtein table over any sequences, with a backtrace
+(:func:`align`) for callers that need to know which word matched which.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
 
 from streamtune.text import normalise_text
 
 
+@lru_cache(maxsize=1)
+def _whisper_normaliser():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
 def normalise(text: str) -> str:
-    """Case- and punctuation-insensitive form used for the headline WER."""
-    return normalise_text(text, lowercase=True, strip_punctuation=True)
+    """The headline form: the Whisper English normaliser, then single spaces."""
+    return " ".join(_whisper_normaliser()(normalise_text(text)).split())
+
+
+def normalise_pnc(text: str) -> str:
+    """Case- and punctuation-sensitive form: NFC and single spaces only."""
+    return normalise_text(text)
 
 
 @dataclass
@@ -17,7 +43,7 @@ class ErrorCounts:
     substitutions: int = 0
     deletions: int = 0
     insertions: int = 0
-    ref_words: int = 0
+    ref_words: int = 0  # reference length (words, or characters for CER)
 
     @property
     def errors(self) -> int:
@@ -35,34 +61,100 @@ class ErrorCounts:
         return self
 
 
-def word_errors(ref: str, hyp: str) -> ErrorCounts:
-    """Minimum-edit alignment of two word sequences (after :func:`normalise`)."""
-    r, h = normalise(ref).split(), normalise(hyp).split()
-    # dp[j] = (cost, subs, dels, ins) aligning r[:i] with h[:j]
-    prev = [(j, 0, 0, j) for j in range(len(h) + 1)]
-    for i in range(1, len(r) + 1):
-        cur = [(i, 0, i, 0)]
-        for j in range(1, len(h) + 1):
-            if r[i - 1] == h[j - 1]:
-                best = prev[j - 1]
+def align(ref: Sequence, hyp: Sequence) -> list[tuple[str, int | None, int | None]]:
+    """Minimum-edit alignment as ``(op, ref_index, hyp_index)`` with op in ``= S D I``.
+
+    Ties prefer substitution, then deletion, then insertion (fixed, so results are reproducible).
+    """
+    n, m = len(ref), len(hyp)
+    cost = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        cost[i][0] = i
+    for j in range(m + 1):
+        cost[0][j] = j
+    for i in range(1, n + 1):
+        row, prev = cost[i], cost[i - 1]
+        r = ref[i - 1]
+        for j in range(1, m + 1):
+            if r == hyp[j - 1]:
+                row[j] = prev[j - 1]
             else:
-                s, d, n = prev[j - 1], prev[j], cur[j - 1]
-                best = min(
-                    (s[0] + 1, s[1] + 1, s[2], s[3]),
-                    (d[0] + 1, d[1], d[2] + 1, d[3]),
-                    (n[0] + 1, n[1], n[2], n[3] + 1),
-                )
-            cur.append(best)
-        prev = cur
-    _, subs, dels, ins = prev[-1]
-    return ErrorCounts(subs, dels, ins, len(r))
+                row[j] = 1 + min(prev[j - 1], prev[j], row[j - 1])
+    ops = []
+    i, j = n, m
+    while i > 0 or j > 0:
+        if i > 0 and j > 0 and ref[i - 1] == hyp[j - 1] and cost[i][j] == cost[i - 1][j - 1]:
+            ops.append(("=", i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif i > 0 and j > 0 and cost[i][j] == cost[i - 1][j - 1] + 1:
+            ops.append(("S", i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif i > 0 and cost[i][j] == cost[i - 1][j] + 1:
+            ops.append(("D", i - 1, None))
+            i -= 1
+        else:
+            ops.append(("I", None, j - 1))
+            j -= 1
+    return ops[::-1]
+
+
+def edit_counts(ref: Sequence, hyp: Sequence) -> ErrorCounts:
+    ops = align(ref, hyp)
+    return ErrorCounts(
+        substitutions=sum(op == "S" for op, _, _ in ops),
+        deletions=sum(op == "D" for op, _, _ in ops),
+        insertions=sum(op == "I" for op, _, _ in ops),
+        ref_words=len(ref),
+    )
+
+
+def word_errors(ref: str, hyp: str) -> ErrorCounts:
+    """Headline word errors (Whisper-normalised texts)."""
+    return edit_counts(normalise(ref).split(), normalise(hyp).split())
+
+
+@dataclass
+class Scores:
+    """Errors of one utterance (or a sum of utterances) under the three measures."""
+
+    words: ErrorCounts
+    pnc: ErrorCounts
+    chars: ErrorCounts
+
+    def __iadd__(self, other: "Scores") -> "Scores":
+        self.words += other.words
+        self.pnc += other.pnc
+        self.chars += other.chars
+        return self
+
+    @classmethod
+    def zero(cls) -> "Scores":
+        return cls(ErrorCounts(), ErrorCounts(), ErrorCounts())
+
+
+def score(ref: str, hyp: str) -> Scores:
+    ref_n, hyp_n = normalise(ref), normalise(hyp)
+    return Scores(
+        words=edit_counts(ref_n.split(), hyp_n.split()),
+        pnc=edit_counts(normalise_pnc(ref).split(), normalise_pnc(hyp).split()),
+        chars=edit_counts(ref_n, hyp_n),
+    )
+
+
+def corpus_scores(refs: list[str], hyps: list[str]) -> tuple[Scores, list[Scores]]:
+    total = Scores.zero()
+    per_utt = []
+    for ref, hyp in zip(refs, hyps, strict=True):
+        s = score(ref, hyp)
+        per_utt.append(s)
+        total += s
+    return total, per_utt
 
 
 def corpus_errors(refs: list[str], hyps: list[str]) -> tuple[ErrorCounts, list[ErrorCounts]]:
+    """Headline word errors only (training-time validation uses this)."""
     total = ErrorCounts()
-    per_utt = []
-    for ref, hyp in zip(refs, hyps, strict=True):
-        e = word_errors(ref, hyp)
-        per_utt.append(e)
+    per_utt = [word_errors(ref, hyp) for ref, hyp in zip(refs, hyps, strict=True)]
+    for e in per_utt:
         total += e
     return total, per_utt
