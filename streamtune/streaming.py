@@ -26,6 +26,7 @@ which makes streaming equal offline in every mode.
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -45,6 +46,13 @@ class DecodeResult:
     encoded: list[torch.Tensor] | None = None
     # Streaming only: number of encoder steps run per batch.
     steps: list[int] = field(default_factory=list)
+    # Streaming only: wall time of every step (encoder step + greedy RNN-T, all streams of the batch), seconds,
+    # with the number of streams that step served.
+    step_times: list[float] = field(default_factory=list)
+    step_streams: list[int] = field(default_factory=list)
+    # Streaming only: per utterance, per token, the audio time (s) at the end of the chunk that emitted it:
+    # the earliest moment a server could show the token (compute time not included).
+    emit_s: list[list[float]] | None = None
 
 
 @contextmanager
@@ -130,19 +138,28 @@ class StreamingRunner:
     @torch.no_grad()
     def streaming(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False) -> DecodeResult:
         tokens: list[list[int]] = [[] for _ in feats]
+        emit_s: list[list[float]] = [[] for _ in feats]
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
-        steps = []
+        out = DecodeResult(tokens, [], None, emit_s=emit_s)
         with att_context(self.model, mode) as enc:
             for idx in self._batches(len(feats)):
                 # Longest first, so the streams still running are always a prefix of the batch.
                 idx = sorted(idx, key=lambda i: -feats[i].shape[1])
-                toks, encs, n_steps = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded)
-                steps.append(n_steps)
+                toks, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded)
+                out.steps.append(len(times))
+                out.step_times.extend(times)
+                out.step_streams.extend(streams)
                 for j, i in enumerate(idx):
-                    tokens[i] = toks[j]
+                    tokens[i], emit_s[i] = toks[j], emits[j]
                     if keep_encoded:
                         encoded_out[i] = encs[j]
-        return DecodeResult(tokens, self._texts(tokens), encoded_out if keep_encoded else None, steps)
+        out.texts = self._texts(tokens)
+        out.encoded = encoded_out if keep_encoded else None
+        return out
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool):
         cfg = enc.streaming_cfg
@@ -155,11 +172,18 @@ class StreamingRunner:
         )
         hyps: list = [None] * n_streams
         pieces: list[list[torch.Tensor]] = [[] for _ in range(n_streams)]
+        emits: list[list[float]] = [[] for _ in range(n_streams)]
+        times: list[float] = []
+        streams: list[int] = []
+        hop_s = float(self.model.preprocessor.featurizer.hop_length) / float(self.model.preprocessor._sample_rate)
+        lengths_list = lengths.tolist()
         start, step = 0, 0
         while True:
             n = int((lengths > start).sum())  # streams with audio left (a prefix: sorted by length)
             if n == 0:
                 break
+            self._sync()
+            began = time.perf_counter()
             end = start + (first_chunk if step == 0 else chunk)
             # The subsampling's look-back: up to `pre_cache` frames, never before the utterance start.
             window_start = max(0, start - pre_cache)
@@ -192,6 +216,13 @@ class StreamingRunner:
                 partial_hypotheses=hyps[:n] if step > 0 else None,
             )
             hyps[:n] = new_hyps
+            self._sync()
+            times.append(time.perf_counter() - began)
+            streams.append(n)
+            for j in range(n):
+                # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
+                new = len(hyps[j].y_sequence) - len(emits[j])
+                emits[j].extend([min(end, lengths_list[j]) * hop_s] * new)
             if keep_encoded:
                 for j in range(n):
                     pieces[j].append(encoded[j, :, : int(enc_len[j])].T.cpu())
@@ -199,4 +230,4 @@ class StreamingRunner:
             step += 1
         tokens = [self._token_list(h) if h is not None else [] for h in hyps]
         encoded_full = [torch.cat(p) if p else torch.zeros(0) for p in pieces] if keep_encoded else None
-        return tokens, encoded_full, step
+        return tokens, emits, encoded_full, times, streams

@@ -57,11 +57,16 @@ def test_nemo_zero_filled_pre_cache_is_what_breaks_80ms(random_model, feats):
     assert _max_diff(offline.encoded, zero_filled.encoded) < 1e-4
 
 
-def test_results_do_not_depend_on_batch_size(random_model, feats):
-    mode = next(m for m in chunk_modes(random_model) if m.chunk_ms == 160)
-    one = StreamingRunner(random_model, batch_size=1).streaming(mode, feats)
-    many = StreamingRunner(random_model, batch_size=5).streaming(mode, feats)
-    assert one.tokens == many.tokens
+@pytest.mark.parametrize("chunk_ms", [160, 80])
+def test_results_do_not_depend_on_batch_size(random_model, feats, chunk_ms):
+    """Utterances of different lengths as 1, 3 or 8 concurrent streams: same tokens, same emission times."""
+    mode = next(m for m in chunk_modes(random_model) if m.chunk_ms == chunk_ms)
+    assert len({f.shape[1] for f in feats}) > 3, "the check needs streams that end at different steps"
+    runs = [StreamingRunner(random_model, batch_size=bs).streaming(mode, feats) for bs in (1, 3, 8)]
+    assert runs[0].tokens == runs[1].tokens == runs[2].tokens
+    assert runs[0].emit_s == runs[1].emit_s == runs[2].emit_s
+    assert [len(e) for e in runs[0].emit_s] == [len(t) for t in runs[0].tokens]
+    assert runs[2].step_streams[0] == 8 and len(runs[2].step_times) == len(runs[2].step_streams)
 
 
 def test_hybrid_rnnt_ctc_checkpoint_streams_with_its_rnnt_head(tiny_overrides, corpus, tmp_path):
