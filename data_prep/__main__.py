@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--voices", help="comma-separated espeak-ng voices, e.g. en-gb-x-gbcwmd+f5,en-us+m4; "
                      "default: the demo's seven")
     syn.add_argument("--id-prefix", default="synth", help="cut ids are <prefix>-<split>-00000")
+    syn.add_argument("--word-timings", action="store_true", help="speak word by word and store each word's start "
+                     "and end (Lhotse word alignment): a test set for evaluate.py's emission delay")
 
     def add_common(p):
         p.add_argument("--out", required=True, help="output directory (cuts_<split>.jsonl.gz, rejected.jsonl, report.json)")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
         prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed,
                           num_jobs=args.num_jobs, min_words=args.min_words, max_words=args.max_words, force=args.force,
-                          words=words, voices=voices, id_prefix=args.id_prefix)
+                          words=words, voices=voices, id_prefix=args.id_prefix, word_timings=args.word_timings)
     elif args.command in ("nemo", "granary", "nemo-tarred", "hf", "folder", "lhotse"):
         from data_prep import sources
         from data_prep.validate import ValidationConfig, tokenizer_alphabet, write_validated

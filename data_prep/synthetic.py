@@ -6,6 +6,12 @@ rates and pitches, resampled to 16 kHz mono, and written as Lhotse cuts.
 Everything is deterministic from ``seed``. The word list and voices default to
 the demo's (``WORDS``, ``VOICES``); pass others to make a second domain
 (``--words-file``, ``--voices`` on the CLI).
+
+With ``word_timings`` (``--word-timings``) each word is spoken on its own, its
+silence trimmed, and the words joined with short pauses, so that every word's
+start and end are known exactly; they are stored as the supervision's Lhotse
+``word`` alignment (evaluate.py measures emission delay against them). That
+speech is more clipped than a sentence read in one go; use it for timing sets.
 """
 
 from __future__ import annotations
@@ -121,11 +127,10 @@ def check_voices(voices: list[str]) -> None:
             raise UserError(f"espeak-ng has no voice '{voice}' (see `espeak-ng --voices=en`, variants as VOICE+f3)")
 
 
-def synthesize(utt: Utterance) -> np.ndarray:
-    """Speak one utterance with espeak-ng and return float32 16 kHz mono samples."""
+def _speak(utt: Utterance, text: str) -> np.ndarray:
     import soxr
 
-    cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate_wpm), "-p", str(utt.pitch), "--stdout", utt.text]
+    cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate_wpm), "-p", str(utt.pitch), "--stdout", text]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"espeak-ng failed for {utt.id}: {proc.stderr.decode(errors='replace').strip()}")
@@ -134,9 +139,36 @@ def synthesize(utt: Utterance) -> np.ndarray:
         audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def synthesize(utt: Utterance) -> np.ndarray:
+    """Speak one utterance with espeak-ng and return float32 16 kHz mono samples."""
     # A little silence either side, as in recorded speech.
     pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
-    return np.concatenate([pad, audio, pad])
+    return np.concatenate([pad, _speak(utt, utt.text), pad])
+
+
+WORD_GAP_S = 0.06
+
+
+def synthesize_words(utt: Utterance) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Speak word by word: samples and ``(word, start_s, end_s)`` of every word (silence trimmed to 1 % of peak)."""
+    pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
+    gap = np.zeros(int(WORD_GAP_S * SAMPLE_RATE), dtype=np.float32)
+    pieces, timings, at = [pad], [], len(pad)
+    for k, word in enumerate(utt.text.split()):
+        audio = _speak(utt, word)
+        loud = np.flatnonzero(np.abs(audio) > 0.01 * float(np.abs(audio).max()))
+        audio = audio[loud[0]: loud[-1] + 1] if len(loud) else audio
+        if k:
+            pieces.append(gap)
+            at += len(gap)
+        timings.append((word, at / SAMPLE_RATE, (at + len(audio)) / SAMPLE_RATE))
+        pieces.append(audio)
+        at += len(audio)
+    pieces.append(pad)
+    return np.concatenate(pieces), timings
 
 
 def prepare_synthetic(
@@ -152,6 +184,7 @@ def prepare_synthetic(
     words: list[str] | None = None,
     voices: list[str] | None = None,
     id_prefix: str = "synth",
+    word_timings: bool = False,
 ) -> dict[str, Path]:
     """Generate the corpus into ``out_dir``; returns ``{split: cuts_path}``.
 
@@ -162,6 +195,7 @@ def prepare_synthetic(
     """
     from lhotse import CutSet, Recording, SupervisionSegment
     from lhotse.cut import MonoCut
+    from lhotse.supervision import AlignmentItem
 
     if not espeak_available():
         raise UserError("espeak-ng is not installed; run `make setup` (or apt-get install espeak-ng)")
@@ -172,7 +206,7 @@ def prepare_synthetic(
     counts = {"train": num_train, "dev": num_dev, "test": num_test}
     counts = {k: v for k, v in counts.items() if v > 0}
     # The key of the demo's defaults is unchanged by the later options: a new option joins the key only when set.
-    extra = () if id_prefix == "synth" else (id_prefix,)
+    extra = (() if id_prefix == "synth" else (id_prefix,)) + (("word_timings",) if word_timings else ())
     key_parts = (sorted(counts.items()), seed, min_words, max_words, words, voices) + extra
     key = hashlib.sha256(repr(key_parts).encode()).hexdigest()
     stamp = out_dir / ".synthetic.done"
@@ -187,11 +221,16 @@ def prepare_synthetic(
 
     def make_one(utt: Utterance) -> MonoCut:
         path = audio_dir / f"{utt.id}.wav"
-        sf.write(path, synthesize(utt), SAMPLE_RATE, subtype="PCM_16")
+        audio, timings = synthesize_words(utt) if word_timings else (synthesize(utt), None)
+        sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
         rec = Recording.from_file(path, recording_id=utt.id)
+        alignment = None
+        if timings:
+            alignment = {"word": [AlignmentItem(symbol=w, start=round(a, 4), duration=round(b - a, 4))
+                                  for w, a, b in timings]}
         sup = SupervisionSegment(
             id=utt.id, recording_id=utt.id, start=0.0, duration=rec.duration, text=utt.text, language="en",
-            speaker=f"{utt.voice}/{utt.rate_wpm}/{utt.pitch}",
+            speaker=f"{utt.voice}/{utt.rate_wpm}/{utt.pitch}", alignment=alignment,
         )
         cut = MonoCut(id=utt.id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup])
         cut.custom = {"voice": utt.voice, "rate_wpm": utt.rate_wpm, "pitch": utt.pitch}
