@@ -103,10 +103,17 @@ class EvalConfig:
     # Chunk sizes to evaluate, in ms; empty = every att_context_size the model was trained with.
     chunk_ms: List[int] = field(default_factory=list)
     modes: List[str] = field(default_factory=lambda: ["streaming", "offline"])
-    # Utterances decoded together as concurrent streams.
+    # Utterances decoded together as concurrent streams (results do not depend on it).
     batch_size: int = 8
-    # Exit non-zero when any streaming WER (in %) exceeds this.
+    # Gates (WER points, %; --max-wer / --max-regression override): exit 1 when a candidate's streaming WER on
+    # any test set and chunk size is above max_wer, or above the baseline's by more than max_regression.
     max_wer: Optional[float] = None
+    max_regression: Optional[float] = None
+    # Deltas above this many WER points are flagged as regressions in the report (the gate is max_regression).
+    regression_tolerance: float = 0.5
+    # Per-step compute is timed at these numbers of concurrent streams, each stream latency_audio_s long.
+    latency_streams: List[int] = field(default_factory=lambda: [1, 4, 16])
+    latency_audio_s: float = 8.0
     output_dir: Optional[str] = None
 
 

@@ -62,6 +62,17 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def timed_corpus(tmp_path_factory) -> Path:
+    """A few utterances spoken word by word, with every word's start and end (for emission delay)."""
+    from data_prep.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("timed")
+    prepare_synthetic(root, num_train=0, num_dev=0, num_test=4, seed=11, min_words=2, max_words=4,
+                      id_prefix="timed", word_timings=True)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("runs")
     return [
@@ -77,6 +88,8 @@ def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
         "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false",
         "eval.batch_size=3",
+        "eval.latency_streams=[1,2]",
+        "eval.latency_audio_s=2",
         f"export.dist_dir={out / 'dist'}",
         *TINY_MODEL,
     ]
