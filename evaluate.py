@@ -15,7 +15,6 @@ Writes results.json (schema: streamtune/results.schema.json), results.md, hyps.j
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from omegaconf import OmegaConf
 
 from streamtune.config import add_config_args, load_config, resolved, save_config
 from streamtune.errors import UserError, cli_entry
-
-REPO = Path(__file__).resolve().parent
 
 
 def model_specs(values: list[str], baseline: bool):
@@ -48,14 +45,6 @@ def model_specs(values: list[str], baseline: bool):
         taken.add(label)
         specs.append(ModelSpec(label, path, "baseline" if baseline and k == 0 else "candidate"))
     return specs
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 @cli_entry
@@ -96,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamtune.evaluation import (PreparedSet, algorithmic_latency, build_payload, evaluate_model,
                                        step_latency, wer_tables, write_reports)
     from streamtune.models import load_model, select_modes
+    from streamtune.rundir import git_state
     from streamtune.runtime import setup_runtime
     from streamtune.streaming import StreamingRunner
 
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "decodes": list(cfg.eval.modes), "chunk_ms": chunk_union,
         "latency_streams": list(cfg.eval.latency_streams), "latency_audio_s": float(cfg.eval.latency_audio_s),
         "normaliser": "whisper_normalizer.english.EnglishTextNormalizer", "streamtune_version": streamtune.__version__,
-        "git_sha": _git_sha(),
+        "git_sha": git_state()["sha"],
     }
     test_sets = [{"name": ts.name, "source": ts.source, "kind": ts.kind, "utts": len(loaded[ts.name]),
                   "audio_s": sum(u.duration_s for u in loaded[ts.name]), "rejected": ts.rejected,
