@@ -35,6 +35,8 @@ import torch
 
 from streamtune.models import ChunkMode
 
+FEEDINGS = ("exact", "export")
+
 
 @dataclass
 class DecodeResult:
@@ -76,9 +78,17 @@ class StreamingRunner:
     streaming mode); results do not depend on it.
     """
 
-    def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu", zero_fill_pre_cache: bool = False):
+    def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu", zero_fill_pre_cache: bool = False,
+                 feeding: str = "exact"):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if feeding not in FEEDINGS:
+            raise ValueError(f"feeding must be one of {FEEDINGS}")
+        # "exact": windows clipped at the utterance start (streaming == offline). "export": what an exported
+        # encoder with a fixed pre-encode cache does (see export/onnx.py): the audio starts with
+        # `silence_frames()` frames of digital silence, every window is cache + chunk frames, and the graph
+        # drops its fixed `drop_extra_pre_encoded` frames each step.
+        self.feeding = feeding
         # True reproduces NeMo's CacheAwareStreamingAudioBuffer (zero mel frames before the start);
         # kept to measure what our clipping fixes, never the default.
         self.zero_fill_pre_cache = zero_fill_pre_cache
@@ -92,9 +102,34 @@ class StreamingRunner:
     def features(self, audio: np.ndarray) -> torch.Tensor:
         """Mel features ``[F, T]`` of one 16 kHz mono utterance (computed alone, so batch-independent)."""
         signal = torch.as_tensor(audio, dtype=torch.float32, device=self.device).reshape(1, -1)
+        if self.feeding == "export":
+            signal = torch.nn.functional.pad(signal, (self.silence_samples(), 0))
         length = torch.tensor([signal.shape[1]], device=self.device)
         feats, feat_len = self.model.preprocessor(input_signal=signal, length=length)
         return feats[0, :, : int(feat_len[0])]
+
+    def pre_cache_frames(self) -> int:
+        enc = self.model.encoder
+        if enc.streaming_cfg is None:
+            enc.setup_streaming_params()
+        return int(enc.streaming_cfg.pre_encode_cache_size[1])
+
+    def hop_samples(self) -> int:
+        return int(self.model.preprocessor.featurizer.hop_length)
+
+    def silence_frames(self) -> int:
+        """Frames of silence put before the audio in ``export`` feeding.
+
+        ``pre_cache + subsampling - 1`` (16 for the 9-frame cache and 8x subsampling) puts every fixed window
+        on exactly the frames exact streaming uses from its second step on, and makes the first window end
+        where exact streaming's first chunk ends: the subsampled grid is the offline one, and only the first
+        step's look-back differs (silence instead of the convolutions' zero padding). One frame less or more
+        shifts the grid against the one the model was trained on (measured: WER doubled on the demo).
+        """
+        return self.pre_cache_frames() + self.subsampling - 1
+
+    def silence_samples(self) -> int:
+        return self.silence_frames() * self.hop_samples()
 
     @staticmethod
     def _pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,25 +212,33 @@ class StreamingRunner:
         streams: list[int] = []
         hop_s = float(self.model.preprocessor.featurizer.hop_length) / float(self.model.preprocessor._sample_rate)
         lengths_list = lengths.tolist()
-        start, step = 0, 0
+        export = self.feeding == "export"
+        # In export feeding the audio starts after `silence_frames()` frames of silence; the first window
+        # takes `pre_cache` frames of look-back from them.
+        start, step, shift = (pre_cache, 0, self.silence_frames()) if export else (0, 0, 0)
         while True:
             n = int((lengths > start).sum())  # streams with audio left (a prefix: sorted by length)
             if n == 0:
                 break
             self._sync()
             began = time.perf_counter()
-            end = start + (first_chunk if step == 0 else chunk)
-            # The subsampling's look-back: up to `pre_cache` frames, never before the utterance start.
-            window_start = max(0, start - pre_cache)
+            if export:  # fixed windows: cache + chunk frames, the graph's own fixed drop
+                end = start + chunk
+                window_start, drop = start - pre_cache, None
+            else:
+                end = start + (first_chunk if step == 0 else chunk)
+                # The subsampling's look-back: up to `pre_cache` frames, never before the utterance start.
+                window_start = max(0, start - pre_cache)
             window = batch[:n, :, window_start:end]
             window_len = torch.clamp(lengths[:n] - window_start, max=end - window_start)
-            if self.zero_fill_pre_cache and step > 0 and start - window_start < pre_cache:
+            if self.zero_fill_pre_cache and not export and step > 0 and start - window_start < pre_cache:
                 missing = pre_cache - (start - window_start)
                 window = torch.nn.functional.pad(window, (missing, 0))
                 window_len = window_len + missing
                 window_start -= missing
-            # Pre-encoded frames that cover only already-emitted audio: one per `subsampling` frames of look-back.
-            drop = math.ceil((start - window_start) / self.subsampling)
+            if not export:
+                # Pre-encoded frames that cover only already-emitted audio: one per `subsampling` frames of look-back.
+                drop = math.ceil((start - window_start) / self.subsampling)
             encoded, enc_len, next_channel, next_time, next_channel_len = enc.cache_aware_stream_step(
                 processed_signal=window,
                 processed_signal_length=window_len,
@@ -222,7 +265,7 @@ class StreamingRunner:
             for j in range(n):
                 # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
                 new = len(hyps[j].y_sequence) - len(emits[j])
-                emits[j].extend([min(end, lengths_list[j]) * hop_s] * new)
+                emits[j].extend([(min(end, lengths_list[j]) - shift) * hop_s] * new)
             if keep_encoded:
                 for j in range(n):
                     pieces[j].append(encoded[j, :, : int(enc_len[j])].T.cpu())
