@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: help setup system demo demo-data test test-slow clean
 
 help:
-	@echo "make demo       generate speech, train, evaluate and export the tiny demo model (~15 min on 2 cores)"
+	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (~15 min on 2 cores)"
 	@echo "make test       run the test suite (slow tests skipped; make test-slow runs them)"
 	@echo "make setup      system packages (espeak-ng, sox, libsndfile1) + .venv with pinned versions"
 
@@ -47,8 +47,7 @@ demo: demo-data
 	@start=$$(date +%s); \
 	$(PY) train.py --config $(RECIPE) && \
 	$(PY) evaluate.py --config $(RECIPE) --model $(MODEL) && \
-	$(PY) -m export parity --config $(RECIPE) --model $(MODEL) && \
-	$(PY) -m export package --config $(RECIPE) --model $(MODEL) && \
+	$(PY) -m export all --config $(RECIPE) --model $(MODEL) && \
 	echo "demo pipeline (train + evaluate + export) took $$(( $$(date +%s) - start )) s; WER table: $(MODEL:final.nemo=eval/results.md)"
 
 test: setup

@@ -1,7 +1,15 @@
 """``python -m export <step> --config RECIPE --model MODEL.nemo [key=value ...]``
 
-Steps: ``parity`` (streaming vs offline per chunk mode, writes parity.json, fails loudly)
-and ``package`` (builds dist/<name>/ from a model whose parity passed).
+Steps, each writing into the bundle dir ``export.dist_dir/<export.name or run.name>/``:
+
+  parity    PyTorch streaming vs offline per chunk mode: tokens identical, encoder outputs within
+            export.parity_atol; writes parity.json; exit 1 on failure
+  onnx      ONNX per chunk mode (+ int8) in sherpa-onnx's layout; our ONNX Runtime streaming decoder
+            must give PyTorch's tokens; int8 and sherpa-onnx WER gated; writes onnx.json; exit 1 on failure
+  package   refuses unless parity.json and onnx.json passed for this very .nemo; adds the .nemo,
+            tokenizer, sample, results.json, MODEL_CARD.md, manifest.json (+ tarball with export.tarball)
+  verify    --bundle DIR (or the recipe's bundle): re-hash against manifest.json, load and decode; exit 1
+  all       parity, onnx, package, verify; stops at the first failure
 """
 
 from __future__ import annotations
@@ -13,50 +21,113 @@ from pathlib import Path
 from streamtune.config import add_config_args, load_config
 from streamtune.errors import UserError, cli_entry
 
+STEPS = ["parity", "onnx", "package", "verify", "all"]
+
 
 def bundle_dir(cfg) -> Path:
     return Path(cfg.export.dist_dir) / (cfg.export.name or cfg.run.name)
+
+
+def _parity_set(cfg):
+    from streamtune.data import load_utterances
+
+    cuts = cfg.export.parity_cuts or cfg.data.dev or cfg.data.test
+    if not cuts:
+        raise UserError("no parity set: set export.parity_cuts (or data.dev / data.test) in the recipe")
+    return load_utterances(cuts, cfg.export.parity_max_utts)
+
+
+def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
+    from export.parity import check_parity, parity_summary, write_parity
+
+    payload = check_parity(model, utts, modes, cfg.export.parity_atol, batch_size=cfg.eval.batch_size)
+    path = write_parity(bundle / "parity.json", payload, model_path)
+    print(parity_summary(payload))
+    if not payload["passed"]:
+        failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
+        print(f"FAIL: streaming differs from offline at {', '.join(failed)}; see {path}", file=sys.stderr)
+        return 1
+    print(f"parity passed in every mode on {len(utts)} utterances; wrote {path}")
+    return 0
+
+
+def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
+    import shutil
+
+    from export.onnx import check_onnx, onnx_summary
+    from export.parity import write_parity
+
+    shutil.rmtree(bundle / "onnx", ignore_errors=True)
+    payload = check_onnx(model, utts, modes, bundle / "onnx", cfg.export.parity_atol, cfg.export.int8,
+                         cfg.export.int8_max_wer_delta, cfg.export.sherpa_check, cfg.export.sherpa_max_wer_delta,
+                         batch_size=cfg.eval.batch_size)
+    path = write_parity(bundle / "onnx.json", payload, model_path)
+    print(onnx_summary(payload))
+    if not payload["passed"]:
+        failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
+        print(f"FAIL: ONNX check failed at {', '.join(failed)}; see {path}", file=sys.stderr)
+        return 1
+    print(f"ONNX fp32 == PyTorch streaming in every mode on {len(utts)} utterances; wrote {path}")
+    return 0
+
+
+def run_verify(bundle: Path) -> int:
+    from export.verify import VerifyError, verify
+
+    try:
+        lines = verify(bundle)
+    except VerifyError as err:
+        print(f"FAIL: {bundle}: {err}", file=sys.stderr)
+        return 1
+    print(f"verified {bundle}: " + "; ".join(lines))
+    return 0
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["parity", "package"])
-    parser.add_argument("--model", required=True, help="a local .nemo file")
-    add_config_args(parser)
+    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("--model", help="a local .nemo file (every step but verify)")
+    parser.add_argument("--bundle", help="verify: the bundle dir (default: the recipe's export.dist_dir/<name>)")
+    add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
+    if args.step == "verify" and args.bundle:
+        return run_verify(Path(args.bundle))
+    if not args.config:
+        raise UserError(f"`python -m export {args.step}` needs --config RECIPE" +
+                        (" (or --bundle DIR)" if args.step == "verify" else ""))
     cfg = load_config(args.config, args.overrides)
+    bundle = bundle_dir(cfg)
+    if args.step == "verify":
+        return run_verify(bundle)
+    if not args.model:
+        raise UserError(f"`python -m export {args.step}` needs --model (a local .nemo file)")
 
     from streamtune.models import load_model, select_modes
     from streamtune.runtime import setup_runtime
 
     setup_runtime(cfg)
     model = load_model(args.model)
-    bundle = bundle_dir(cfg)
+    modes = select_modes(model, list(cfg.eval.chunk_ms))
     bundle.mkdir(parents=True, exist_ok=True)
-    if args.step == "parity":
-        from export.parity import check_parity, parity_summary, write_parity
-        from streamtune.data import load_utterances
+    steps = ["parity", "onnx", "package", "verify"] if args.step == "all" else [args.step]
+    utts = _parity_set(cfg) if {"parity", "onnx", "package"} & set(steps) else []
+    for step in steps:
+        if step == "parity":
+            rc = run_parity(model, args.model, bundle, cfg, modes, utts)
+        elif step == "onnx":
+            rc = run_onnx(model, args.model, bundle, cfg, modes, utts)
+        elif step == "package":
+            from export.package import package
 
-        cuts = cfg.export.parity_cuts or cfg.data.dev or cfg.data.test
-        if not cuts:
-            raise UserError("no parity set: set export.parity_cuts (or data.dev / data.test) in the recipe")
-        utts = load_utterances(cuts, cfg.export.parity_max_utts)
-        payload = check_parity(model, utts, select_modes(model, list(cfg.eval.chunk_ms)), cfg.export.parity_atol,
-                               batch_size=cfg.eval.batch_size)
-        path = write_parity(bundle / "parity.json", payload, args.model)
-        print(parity_summary(payload))
-        if not payload["passed"]:
-            failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
-            print(f"FAIL: streaming differs from offline at {', '.join(failed)}; see {path}", file=sys.stderr)
-            return 1
-        print(f"parity passed in every mode on {len(utts)} utterances; wrote {path}")
-    else:
-        from export.package import package
-
-        package(model, Path(args.model), bundle, cfg)
-        print(f"bundle ready: {bundle}")
+            package(model, Path(args.model), bundle, cfg, modes, utts[0])
+            print(f"bundle ready: {bundle}")
+            rc = 0
+        else:
+            rc = run_verify(bundle)
+        if rc:
+            return rc
     return 0
 
 

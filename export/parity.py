@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -49,9 +50,19 @@ def check_parity(model, utts: list[Utterance], modes: list[ChunkMode], atol: flo
     report_modes = []
     for mode in modes:
         started = time.perf_counter()
-        offline = runner.offline(mode, feats, keep_encoded=True)
-        streaming = runner.streaming(mode, feats, keep_encoded=True)
-        zero_filled = nemo_style.streaming(mode, feats, keep_encoded=True)
+        try:
+            offline = runner.offline(mode, feats, keep_encoded=True)
+            streaming = runner.streaming(mode, feats, keep_encoded=True)
+            zero_filled = nemo_style.streaming(mode, feats, keep_encoded=True)
+        except Exception as err:  # noqa: BLE001 - a model that cannot stream in a mode fails parity there
+            report_modes.append({
+                "chunk_ms": mode.chunk_ms, "att_context": mode.att_context, "expected_to_match": True,
+                "passed": False, "error": f"{type(err).__name__}: {err}", "token_mismatched_utts": [u.id for u in utts],
+                "encoder_max_abs_diff": float("inf"),
+                "nemo_zero_filled_pre_cache": {"encoder_max_abs_diff": float("inf"), "token_mismatched_utts": []},
+                "seconds": time.perf_counter() - started,
+            })
+            continue
         mismatched = [u.id for u, a, b in zip(utts, offline.tokens, streaming.tokens) if a != b]
         max_diff = _max_abs_diff(offline.encoded, streaming.encoded)
         passed = not mismatched and max_diff <= atol
@@ -78,10 +89,22 @@ def check_parity(model, utts: list[Utterance], modes: list[ChunkMode], atol: flo
     }
 
 
+def _finite(value):
+    """Strict JSON: a non-finite number (a mode that could not be compared) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_parity(path: Path, payload: dict, model_path: str | Path) -> Path:
-    payload = {**payload, "model": str(model_path), "model_sha256": sha256_file(model_path)}
+    """Write a verdict (parity.json, onnx.json) tied to the model file by its sha256."""
+    payload = _finite({**payload, "model": str(model_path), "model_sha256": sha256_file(model_path)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -89,6 +112,9 @@ def parity_summary(payload: dict) -> str:
     lines = ["| chunk | tokens identical | encoder max abs diff | NeMo zero-filled cache: max diff / utts differing |",
              "|---|---|---|---|"]
     for m in payload["modes"]:
+        if m.get("error"):
+            lines.append(f"| {m['chunk_ms']} ms | NO: streaming fails ({m['error'][:80]}) | - | - |")
+            continue
         z = m["nemo_zero_filled_pre_cache"]
         lines.append(
             f"| {m['chunk_ms']} ms | {'yes' if not m['token_mismatched_utts'] else 'NO: ' + str(len(m['token_mismatched_utts']))} "

@@ -124,8 +124,19 @@ class ExportConfig:
     # Parity set: cuts file and how many utterances of it to use (0 = all).
     parity_cuts: Optional[str] = None
     parity_max_utts: int = 0
-    # Encoder-output max abs difference allowed between streaming and offline.
+    # Encoder-output max abs difference allowed between streaming and offline (and ONNX vs PyTorch).
     parity_atol: float = 1e-4
+    # int8 dynamic quantisation of the ONNX files, and the WER rise (points, %) it may cost on the parity set.
+    int8: bool = True
+    int8_max_wer_delta: float = 2.0
+    # sherpa-onnx decodes the parity set from the exported files; its WER may differ from our ONNX
+    # streaming WER by this many points at most.
+    sherpa_check: bool = True
+    sherpa_max_wer_delta: float = 2.0
+    # evaluate.py's results.json for the model card (default: <model dir>/eval/results.json).
+    results: Optional[str] = None
+    # Also write dist/<name>.tar.gz, byte-reproducible (sorted entries, fixed mtimes and owners).
+    tarball: bool = False
 
 
 @dataclass
@@ -258,8 +269,8 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     return path
 
 
-def add_config_args(parser) -> None:
+def add_config_args(parser, required: bool = True) -> None:
     """The shared CLI shape: ``--config RECIPE`` then ``key=value`` overrides."""
-    parser.add_argument("--config", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("--config", required=required, help="recipe YAML (see recipes/)")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")

@@ -11,7 +11,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ["torch", "nemo_toolkit", "lightning", "lhotse", "omegaconf", "wandb", "onnx", "onnxruntime", "numpy"]
+PACKAGES = ["torch", "nemo_toolkit", "lightning", "lhotse", "omegaconf", "wandb", "onnx", "onnxruntime", "sherpa-onnx",
+            "numpy"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

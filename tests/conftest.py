@@ -110,3 +110,38 @@ def trained_model(trained_run):
     from streamtune.models import load_model
 
     return load_model(trained_run / "final.nemo")
+
+
+@pytest.fixture(scope="session")
+def words_overrides(tmp_path_factory) -> list[str]:
+    """A ten-word task one voice reads: the tiny geometry learns it in ~200 steps (~30 s), so checks that
+    need a model that really recognises speech (sherpa-onnx vs our decoding) have one."""
+    from data_prep.synthetic import prepare_synthetic
+    from data_prep.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tenwords")
+    # No number words: the Whisper normaliser would turn "three four" into "34", one word.
+    words = "red green blue black white lamp door window chair table".split()
+    prepare_synthetic(root, num_train=240, num_dev=12, num_test=12, seed=1, min_words=2, max_words=4, words=words,
+                      voices=["en-us"], id_prefix="tenwords")
+    train_tokenizer([root / "cuts_train.jsonl.gz"], root / "tokenizer", vocab_size=24)
+    return [
+        f"data.train={root / 'cuts_train.jsonl.gz'}", f"data.dev={root / 'cuts_dev.jsonl.gz'}",
+        f"data.test={root / 'cuts_test.jsonl.gz'}", f"data.tokenizer_dir={root / 'tokenizer'}",
+        "data.num_workers=0", "data.batch_duration_s=30", f"run.output_dir={root / 'runs'}", "run.name=tenwords",
+        "trainer.max_steps=200", "trainer.val_check_interval=100", "trainer.enable_progress_bar=false",
+        "model.optim.sched.warmup_steps=30", "eval.batch_size=4", "eval.latency_streams=[1]",
+        "eval.latency_audio_s=1", f"export.dist_dir={root / 'dist'}",
+        "model.encoder.n_layers=1", "model.encoder.d_model=64", "model.encoder.n_heads=2",
+        "model.model_defaults.pred_hidden=64", "model.model_defaults.joint_hidden=64",
+    ]
+
+
+@pytest.fixture(scope="session")
+def words_run(words_overrides) -> Path:
+    import train
+
+    assert train.main(["--config", str(DEMO_RECIPE), *words_overrides]) == 0
+    output_dir = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("run.output_dir="))
+    return (Path(output_dir) / "tenwords" / "latest").resolve()
+

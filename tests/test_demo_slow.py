@@ -18,6 +18,8 @@ def test_make_demo_learns():
     results = json.loads((run / "eval" / "results.json").read_text())
     wer = {r["chunk_ms"]: r["wer"] for r in results["results"] if r["decode"] == "streaming"}
     assert wer[1120] <= 0.15 and wer[80] <= 0.25, wer
-    assert all(results["streaming_equals_offline"].values()), results["streaming_equals_offline"]
+    assert all(e["equal"] for e in results["streaming_equals_offline"]), results["streaming_equals_offline"]
     parity = json.loads((REPO / "dist/tiny_cpu/parity.json").read_text())
     assert parity["passed"] and parity["model_sha256"]
+    assert json.loads((REPO / "dist/tiny_cpu/onnx.json").read_text())["passed"]
+    assert (REPO / "dist/tiny_cpu/manifest.json").exists()  # `export all` ends with verify

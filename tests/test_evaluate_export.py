@@ -1,31 +1,173 @@
-"""`python -m export` on the tiny trained model: files, verdicts and exit codes."""
+"""`python -m export` on the tiny trained model: the bundle, ONNX == PyTorch, sherpa-onnx, tampering, gates."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-
+import shutil
 from pathlib import Path
+
+import pytest
+import torch
 
 from tests.conftest import DEMO_RECIPE
 
 
-def test_export_parity_then_package(trained_run, tiny_overrides):
+@pytest.fixture(scope="module")
+def bundle(words_run, words_overrides) -> Path:
+    """evaluate.py, then `export all`, on a tiny model that has learnt its ten words."""
+    import evaluate
     from export.__main__ import main
 
-    model = str(trained_run / "final.nemo")
-    args = ["--config", str(DEMO_RECIPE), "--model", model, *tiny_overrides]
-    assert main(["parity", *args]) == 0
-    dist = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("export.dist_dir="))
-    bundle = Path(dist) / "tiny_cpu"
-    parity = json.loads((bundle / "parity.json").read_text())
-    assert parity["passed"] and [m["chunk_ms"] for m in parity["modes"]] == [1120, 560, 160, 80]
-    assert all(m["encoder_max_abs_diff"] < 1e-4 for m in parity["modes"])
-    assert main(["package", *args]) == 0
+    model = str(words_run / "final.nemo")
+    # evaluate.py first, into its default place (<model dir>/eval), where package finds results.json.
+    assert evaluate.main(["--config", str(DEMO_RECIPE), "--model", model, *words_overrides]) == 0
+    assert main(["all", "--config", str(DEMO_RECIPE), "--model", model, *words_overrides, "export.tarball=true"]) == 0
+    dist = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("export.dist_dir="))
+    return Path(dist) / "tenwords"
+
+
+def test_export_all_builds_a_bundle_that_verifies(bundle):
+    from export.__main__ import main
+
     manifest = json.loads((bundle / "manifest.json").read_text())
-    for name in ("model.nemo", "parity.json", "tokens.txt", "tokenizer/tokenizer.model", "config.yaml"):
+    for name in ("model.nemo", "parity.json", "onnx.json", "tokens.txt", "tokenizer/tokenizer.model", "config.yaml",
+                 "MODEL_CARD.md", "sample/sample.wav", "sample/expected.json", "results.json"):
         assert name in manifest["files"], name
+    for ms in (1120, 560, 160, 80):
+        for part in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
+            assert f"onnx/{ms}ms/{part}" in manifest["files"] and f"onnx/{ms}ms-int8/{part}" in manifest["files"]
+    assert {"torch", "nemo_toolkit", "onnxruntime"} <= set(manifest["packages"]) and "sha" in manifest["git"]
     tokens = (bundle / "tokens.txt").read_text().splitlines()
     assert tokens[-1].split()[0] == "<blk>" and int(tokens[-1].split()[1]) == len(tokens) - 1
+    card = (bundle / "MODEL_CARD.md").read_text()
+    for section in ("## Data", "## Word error rates", "## Streaming parity", "## ONNX", "NVIDIA Open Model License"):
+        assert section in card, section
+    assert "| 80 ms |" in card.split("## Word error rates")[1], "the WER table from evaluate's results.json"
+    assert main(["verify", "--bundle", str(bundle)]) == 0
+
+
+def test_onnx_fp32_tokens_equal_pytorch_streaming_in_every_mode(bundle, capsys):
+    report = json.loads((bundle / "onnx.json").read_text())
+    assert report["passed"] and [m["chunk_ms"] for m in report["modes"]] == [1120, 560, 160, 80]
+    for m in report["modes"]:
+        print(f"{m['chunk_ms']} ms: ONNX vs PyTorch encoder max abs diff {m['fp32']['encoder_max_abs_diff']:.2e}")
+        assert m["fp32"]["token_mismatched_utts"] == []
+        assert m["fp32"]["encoder_max_abs_diff"] < 1e-4
+        meta = m["metadata"]
+        assert int(meta["window_size"]) == int(meta["chunk_shift"]) + 9 and meta["normalize_type"] == ""
+    with capsys.disabled():
+        print("\n" + "\n".join(f"  ONNX fp32 vs PyTorch streaming, {m['chunk_ms']} ms: encoder max abs diff "
+                               f"{m['fp32']['encoder_max_abs_diff']:.2e}" for m in report["modes"]))
+
+
+def test_onnx_check_is_real(trained_model, corpus, tmp_path):
+    # The 6-step model emits many tokens per utterance: every one of them has to match.
+    """The fp32 comparison can fail: a decoder whose joiner is perturbed gives other tokens."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export.onnx import OrtStreamingDecoder, export_mode
+    from streamtune.data import load_utterances
+    from streamtune.models import chunk_modes
+    from streamtune.streaming import StreamingRunner
+
+    mode = next(m for m in chunk_modes(trained_model) if m.chunk_ms == 560)
+    export_mode(trained_model, mode, tmp_path / "560ms")
+    utts = load_utterances(corpus / "cuts_dev.jsonl.gz")
+    runner = StreamingRunner(trained_model, batch_size=4, feeding="export")
+    feats = [runner.features(u.audio) for u in utts]
+    reference = runner.streaming(mode, feats).tokens
+    assert [OrtStreamingDecoder(tmp_path / "560ms").decode(f.numpy())[0] for f in feats] == reference
+    joiner = onnx.load(str(tmp_path / "560ms" / "joiner.onnx"))
+    biggest = max(joiner.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    noisy = numpy_helper.to_array(biggest) + 0.5 * torch.randn(numpy_helper.to_array(biggest).shape).numpy()
+    biggest.CopyFrom(numpy_helper.from_array(noisy.astype("float32"), biggest.name))
+    onnx.save(joiner, str(tmp_path / "560ms" / "joiner.onnx"))
+    assert [OrtStreamingDecoder(tmp_path / "560ms").decode(f.numpy())[0] for f in feats] != reference
+
+
+@pytest.mark.parametrize("ms", [560, 160])
+def test_sherpa_onnx_decodes_the_bundle_close_to_ours(bundle, words_overrides, ms):
+    from export.sherpa import sherpa_decode
+    from streamtune.data import load_utterances
+    from streamtune.metrics import corpus_errors
+
+    report = {m["chunk_ms"]: m for m in json.loads((bundle / "onnx.json").read_text())["modes"]}[ms]
+    sherpa = report["sherpa_onnx"]
+    assert 0.0 <= sherpa["agreement_rate"] <= 1.0 and sherpa["padding"]["left_samples"] == 2640
+    # Decode again here, from the bundle's files, and score against the references.
+    dev = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("data.dev="))
+    utts = load_utterances(dev)
+    refs = [u.text for u in utts]
+    texts, _ = sherpa_decode(bundle / "onnx" / f"{ms}ms", [u.audio for u in utts])
+    wer = corpus_errors(refs, texts)[0].wer
+    print(f"{ms} ms: sherpa-onnx WER {100 * wer:.2f} %, ours {100 * report['fp32']['wer']:.2f} %, "
+          f"agreement {100 * sherpa['agreement_rate']:.0f} %")
+    assert wer == pytest.approx(sherpa["wer"])
+    assert report["fp32"]["wer"] < 0.2, "precondition: the model recognises its words"
+    assert abs(100 * (wer - report["fp32"]["wer"])) <= 2.0, (wer, report["fp32"]["wer"])
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / bundle.name
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+@pytest.mark.parametrize("target", ["model.nemo", "onnx/560ms/encoder.onnx", "tokens.txt", "sample/expected.json",
+                                    "MODEL_CARD.md"])
+def test_verify_fails_on_a_flipped_byte(bundle, tmp_path, capsys, target):
+    from export.__main__ import main
+
+    copy = _copy(bundle, tmp_path)
+    data = bytearray((copy / target).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / target).write_bytes(bytes(data))
+    assert main(["verify", "--bundle", str(copy)]) == 1
+    assert f"{target}: sha256 differs" in capsys.readouterr().err
+
+
+def test_verify_fails_on_a_missing_or_an_unlisted_file(bundle, tmp_path, capsys):
+    from export.__main__ import main
+
+    copy = _copy(bundle, tmp_path)
+    (copy / "onnx" / "80ms" / "joiner.onnx").unlink()
+    assert main(["verify", "--bundle", str(copy)]) == 1
+    assert "onnx/80ms/joiner.onnx: listed in manifest.json but missing" in capsys.readouterr().err
+    copy = _copy(bundle, tmp_path / "b")
+    (copy / "onnx" / "560ms" / "extra.onnx").write_bytes(b"not in the manifest")
+    assert main(["verify", "--bundle", str(copy)]) == 1
+    assert "onnx/560ms/extra.onnx: not listed in manifest.json" in capsys.readouterr().err
+
+
+def test_tarball_is_reproducible(bundle, tmp_path):
+    from export.package import write_tarball
+
+    first = hashlib.sha256((bundle.parent / f"{bundle.name}.tar.gz").read_bytes()).hexdigest()
+    again = write_tarball(_copy(bundle, tmp_path), tmp_path / "again.tar.gz")  # other dir, other mtimes
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == first
+
+
+@pytest.mark.parametrize("norm", ["group_norm1", "instance_norm"])
+def test_a_model_that_breaks_streaming_fails_parity_and_is_not_packaged(tiny_overrides, tmp_path, norm):
+    """Group / instance norm in the convolution module normalise over time (the whole utterance offline): no
+    chunk can match that. Instance norm cannot even run on a one-frame chunk: that is a failed mode too."""
+    from export.__main__ import main
+    from streamtune.config import load_config
+    from streamtune.models import build_model
+
+    overrides = [*tiny_overrides, f"model.encoder.conv_norm_type={norm}", f"export.dist_dir={tmp_path}"]
+    torch.manual_seed(0)
+    build_model(load_config(DEMO_RECIPE, overrides)).save_to(str(tmp_path / "broken.nemo"))
+    args = ["--config", str(DEMO_RECIPE), "--model", str(tmp_path / "broken.nemo"), *overrides]
+    assert main(["parity", *args]) == 1
+    parity = json.loads((tmp_path / "tiny_cpu" / "parity.json").read_text())
+    assert not parity["passed"] and not any(m["passed"] for m in parity["modes"])
+    assert all(m.get("error") or m["encoder_max_abs_diff"] > 1e-3 for m in parity["modes"]), parity["modes"]
+    assert main(["package", *args]) == 2
+    assert main(["all", *args]) == 1
+    assert not (tmp_path / "tiny_cpu" / "manifest.json").exists()
 
 
 def test_parity_failure_exits_nonzero_and_blocks_package(trained_run, tiny_overrides, tmp_path):
