@@ -28,12 +28,18 @@ def bundle_dir(cfg) -> Path:
     return Path(cfg.export.dist_dir) / (cfg.export.name or cfg.run.name)
 
 
-def _parity_set(cfg):
+def _parity_set(cfg, bundle: Path):
+    """export.parity_cuts, else data.dev, else data.test; with none of them, speech generated with espeak-ng."""
     from streamtune.data import load_utterances
 
     cuts = cfg.export.parity_cuts or cfg.data.dev or cfg.data.test
     if not cuts:
-        raise UserError("no parity set: set export.parity_cuts (or data.dev / data.test) in the recipe")
+        from data_prep.synthetic import prepare_synthetic
+
+        n = cfg.export.parity_max_utts or 20
+        print(f"no parity set in the recipe (export.parity_cuts, data.dev, data.test): generating {n} utterances")
+        cuts = prepare_synthetic(bundle.parent / f".{bundle.name}-parity-speech", num_train=0, num_dev=0,
+                                 num_test=n, seed=0, id_prefix="parity")["test"]
     return load_utterances(cuts, cfg.export.parity_max_utts)
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = select_modes(model, list(cfg.eval.chunk_ms))
     bundle.mkdir(parents=True, exist_ok=True)
     steps = ["parity", "onnx", "package", "verify"] if args.step == "all" else [args.step]
-    utts = _parity_set(cfg) if {"parity", "onnx", "package"} & set(steps) else []
+    utts = _parity_set(cfg, bundle) if {"parity", "onnx", "package"} & set(steps) else []
     for step in steps:
         if step == "parity":
             rc = run_parity(model, args.model, bundle, cfg, modes, utts)

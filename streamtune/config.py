@@ -121,9 +121,10 @@ class EvalConfig:
 class ExportConfig:
     name: Optional[str] = None  # bundle name; default run.name
     dist_dir: str = "dist"
-    # Parity set: cuts file and how many utterances of it to use (0 = all).
+    # Parity set: cuts file (default data.dev, else data.test, else generated speech) and how many
+    # utterances of it to use (0 = all).
     parity_cuts: Optional[str] = None
-    parity_max_utts: int = 0
+    parity_max_utts: int = 64
     # Encoder-output max abs difference allowed between streaming and offline (and ONNX vs PyTorch).
     parity_atol: float = 1e-4
     # int8 dynamic quantisation of the ONNX files, and the WER rise (points, %) it may cost on the parity set.

@@ -180,3 +180,13 @@ def test_parity_failure_exits_nonzero_and_blocks_package(trained_run, tiny_overr
     assert main(["parity", *args]) == 1
     assert json.loads((tmp_path / "tiny_cpu" / "parity.json").read_text())["passed"] is False
     assert main(["package", *args]) == 2
+
+
+def test_parity_without_a_dev_set_uses_generated_speech(trained_run, tiny_overrides, tmp_path):
+    from export.__main__ import main
+
+    args = ["--config", str(DEMO_RECIPE), "--model", str(trained_run / "final.nemo"), *tiny_overrides,
+            f"export.dist_dir={tmp_path}", "data.dev=null", "data.test=null", "export.parity_max_utts=4"]
+    assert main(["parity", *args]) == 0
+    parity = json.loads((tmp_path / "tiny_cpu" / "parity.json").read_text())
+    assert parity["passed"] and parity["num_utts"] == 4 and parity["utt_ids"][0].startswith("parity-")
