@@ -44,10 +44,10 @@ def _parity_set(cfg, bundle: Path):
 
 
 def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
-    from export.parity import check_parity, parity_summary, write_parity
+    from export.parity import check_parity, parity_summary, write_verdict
 
     payload = check_parity(model, utts, modes, cfg.export.parity_atol, batch_size=cfg.eval.batch_size)
-    path = write_parity(bundle / "parity.json", payload, model_path)
+    path = write_verdict(bundle / "parity.json", payload, model_path)
     print(parity_summary(payload))
     if not payload["passed"]:
         failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
@@ -61,13 +61,13 @@ def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
     import shutil
 
     from export.onnx import check_onnx, onnx_summary
-    from export.parity import write_parity
+    from export.parity import write_verdict
 
     shutil.rmtree(bundle / "onnx", ignore_errors=True)
     payload = check_onnx(model, utts, modes, bundle / "onnx", cfg.export.parity_atol, cfg.export.int8,
                          cfg.export.int8_max_wer_delta, cfg.export.sherpa_check, cfg.export.sherpa_max_wer_delta,
                          batch_size=cfg.eval.batch_size)
-    path = write_parity(bundle / "onnx.json", payload, model_path)
+    path = write_verdict(bundle / "onnx.json", payload, model_path)
     print(onnx_summary(payload))
     if not payload["passed"]:
         failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]

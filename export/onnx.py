@@ -57,15 +57,36 @@ def _encoder_metadata(model, mode: ChunkMode) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items()}
 
 
-def _set_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
+def _external_files(graph) -> list[str]:
+    return sorted({e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"})
 
-    graph = onnx.load(str(path))
+
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the graph; an encoder over 2 GB (torch writes one file per weight beside it) gets its
+    weights gathered into one ``<name>.data`` file, which ONNX Runtime and sherpa-onnx read from beside it."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    graph = onnx.load(str(path), load_external_data=False)  # a protobuf over 2 GB cannot be saved whole
     del graph.metadata_props[:]
     for key, value in sorted(meta.items()):
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
+    external = _external_files(graph)
+    if not external:
+        onnx.save(graph, str(path))
+        return
+    load_external_data_for_model(graph, str(path.parent))  # into memory; the per-weight files can go
+    for name in external:
+        (path.parent / name).unlink()
+    onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def write_tokens(model, path: Path) -> Path:
@@ -111,10 +132,7 @@ def quantize_dir(src: Path, dst: Path) -> None:
             quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(src / "encoder.onnx")).metadata_props}
-    _set_metadata(dst / "encoder.onnx", {**meta, "quantization": "int8-dynamic"})
+    _set_metadata(dst / "encoder.onnx", {**read_metadata(src / "encoder.onnx"), "quantization": "int8-dynamic"})
     shutil.copyfile(src / "tokens.txt", dst / "tokens.txt")
 
 

@@ -100,7 +100,7 @@ def _finite(value):
     return value
 
 
-def write_parity(path: Path, payload: dict, model_path: str | Path) -> Path:
+def write_verdict(path: Path, payload: dict, model_path: str | Path) -> Path:
     """Write a verdict (parity.json, onnx.json) tied to the model file by its sha256."""
     payload = _finite({**payload, "model": str(model_path), "model_sha256": sha256_file(model_path)})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,9 @@ def padding_samples(pre_cache: int, subsampling: int, chunk_shift: int) -> tuple
 
 
 def _metadata(mode_dir: Path) -> dict[str, str]:
-    import onnx
+    from export.onnx import read_metadata
 
-    return {p.key: p.value for p in onnx.load(str(mode_dir / "encoder.onnx"), load_external_data=False).metadata_props}
+    return read_metadata(mode_dir / "encoder.onnx")
 
 
 def recognizer(mode_dir: Path, threads: int = 1):

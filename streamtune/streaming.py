@@ -210,7 +210,7 @@ class StreamingRunner:
         emits: list[list[float]] = [[] for _ in range(n_streams)]
         times: list[float] = []
         streams: list[int] = []
-        hop_s = float(self.model.preprocessor.featurizer.hop_length) / float(self.model.preprocessor._sample_rate)
+        hop_s = self.hop_samples() / float(self.model.preprocessor._sample_rate)
         lengths_list = lengths.tolist()
         export = self.feeding == "export"
         # In export feeding the audio starts after `silence_frames()` frames of silence; the first window

@@ -190,3 +190,33 @@ def test_parity_without_a_dev_set_uses_generated_speech(trained_run, tiny_overri
     assert main(["parity", *args]) == 0
     parity = json.loads((tmp_path / "tiny_cpu" / "parity.json").read_text())
     assert parity["passed"] and parity["num_utts"] == 4 and parity["utt_ids"][0].startswith("parity-")
+
+
+def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
+    """Encoders over 2 GB (the 0.6B model) come out of torch with one file per weight: the metadata step
+    gathers them into encoder.onnx.data, and ONNX Runtime and sherpa-onnx load the result."""
+    import onnx
+
+    from export.onnx import OrtStreamingDecoder, _external_files, _set_metadata, read_metadata
+    import soundfile as sf
+
+    from export.sherpa import sherpa_decode
+    from streamtune.models import load_model
+    from streamtune.streaming import StreamingRunner
+
+    src, dst = bundle / "onnx" / "560ms", tmp_path / "560ms"
+    shutil.copytree(src, dst)
+    graph = onnx.load(str(dst / "encoder.onnx"))
+    onnx.save_model(graph, str(dst / "encoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=256)  # what torch's exporter writes for a model over 2 GB
+    assert len(_external_files(onnx.load(str(dst / "encoder.onnx"), load_external_data=False))) > 10
+    _set_metadata(dst / "encoder.onnx", read_metadata(src / "encoder.onnx"))
+    assert _external_files(onnx.load(str(dst / "encoder.onnx"), load_external_data=False)) == ["encoder.onnx.data"]
+    assert sorted(p.name for p in dst.iterdir()) == ["decoder.onnx", "encoder.onnx", "encoder.onnx.data",
+                                                     "joiner.onnx", "tokens.txt"]
+    assert read_metadata(dst / "encoder.onnx") == read_metadata(src / "encoder.onnx")
+    model = load_model(bundle / "model.nemo")
+    audio = sf.read(bundle / "sample" / "sample.wav", dtype="float32")[0]
+    feats = StreamingRunner(model, batch_size=1, feeding="export").features(audio).numpy()
+    assert OrtStreamingDecoder(dst).decode(feats)[0] == OrtStreamingDecoder(src).decode(feats)[0]
+    assert sherpa_decode(dst, [audio])[0] == sherpa_decode(src, [audio])[0]
