@@ -58,7 +58,10 @@ def _encoder_metadata(model, mode: ChunkMode) -> dict[str, str]:
 
 
 def _external_files(graph) -> list[str]:
-    return sorted({e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"})
+    """Files the graph's tensors (initializers and node attributes, e.g. large Constants) keep their data in."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sorted({e.value for t in _get_all_tensors(graph) for e in t.external_data if e.key == "location"})
 
 
 def _set_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -80,7 +83,7 @@ def _set_metadata(path: Path, meta: dict[str, str]) -> None:
     for name in external:
         (path.parent / name).unlink()
     onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+                    location=path.name + ".data", size_threshold=1024, convert_attribute=True)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
