@@ -19,3 +19,17 @@ def write_section(title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     BENCHMARKS.write_text(text)
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy ticks of the whole machine, ticks of this process): their difference is other processes' load."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])
+
+
+def mode_by_ms(model, ms: int):
+    """The model's chunk mode of ``ms`` milliseconds."""
+    from streamtune.models import chunk_modes
+
+    return next(m for m in chunk_modes(model) if m.chunk_ms == ms)

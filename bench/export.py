@@ -42,6 +42,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import cpu_ticks, mode_by_ms  # noqa: E402
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
 DEMO_MODEL = "outputs/demo/runs/tiny_cpu/latest/final.nemo"
@@ -51,13 +53,6 @@ OTHERS_LIMIT = 0.3  # cores used by other processes during a repetition above wh
 
 
 # ----- machine ----------------------------------------------------------------------------------
-def cpu_ticks() -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks of this process): their difference is other processes' load."""
-    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])
-
-
 def others_cores(since: tuple[int, int], seconds: float) -> float:
     busy, own = cpu_ticks()
     return max(0.0, (busy - since[0] - own + since[1]) / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-9))
@@ -142,12 +137,6 @@ def build_full(layers: int):
                   f"data.tokenizer_dir={DATA / 'tokenizer'}"]
     torch.manual_seed(0)
     return build_model(load_config(str(RECIPE), overrides), log=lambda *_: None).eval()
-
-
-def mode_by_ms(model, ms: int):
-    from streamtune.models import chunk_modes
-
-    return next(m for m in chunk_modes(model) if m.chunk_ms == ms)
 
 
 def dir_mb(path: Path, encoder_only: bool = False) -> float:

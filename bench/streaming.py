@@ -60,6 +60,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import cpu_ticks, mode_by_ms  # noqa: E402
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
 DEMO_MODEL = "outputs/demo/runs/tiny_cpu/latest/final.nemo"
@@ -102,13 +104,6 @@ def plans(quick: bool) -> dict[str, Plan]:
 
 
 # ----- machine ----------------------------------------------------------------------------------
-def cpu_ticks() -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks of this process): their difference is other processes' load."""
-    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])
-
-
 # ----- models -----------------------------------------------------------------------------------
 def random_tokenizer(out_dir: Path, vocab_size: int = 1024) -> Path:
     """A SentencePiece BPE tokenizer of ``vocab_size`` pieces from seeded random letter strings."""
@@ -157,12 +152,6 @@ def silence_joint(model, offset: float = 10.0) -> None:
 
     with torch.no_grad():
         model.joint.joint_net[-1].bias[model.decoding.blank_id] += offset
-
-
-def mode_by_ms(model, ms: int):
-    from streamtune.models import chunk_modes
-
-    return next(m for m in chunk_modes(model) if m.chunk_ms == ms)
 
 
 def tensor_bytes(obj) -> int:

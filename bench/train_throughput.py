@@ -37,15 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import cpu_ticks  # noqa: E402
+
 RECIPE = "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks of this process): their difference over a window is others' load."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(fields) - fields[3] - fields[4], int(own[11]) + int(own[12])
 
 
 def others_load(seconds: float = 2.0) -> float:
