@@ -48,13 +48,8 @@ def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
 
     payload = check_parity(model, utts, modes, cfg.export.parity_atol, batch_size=cfg.eval.batch_size)
     path = write_verdict(bundle / "parity.json", payload, model_path)
-    print(parity_summary(payload))
-    if not payload["passed"]:
-        failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
-        print(f"FAIL: streaming differs from offline at {', '.join(failed)}; see {path}", file=sys.stderr)
-        return 1
-    print(f"parity passed in every mode on {len(utts)} utterances; wrote {path}")
-    return 0
+    return _report(payload, path, parity_summary(payload), "streaming differs from offline",
+                   f"parity passed in every mode on {len(utts)} utterances")
 
 
 def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
@@ -68,12 +63,18 @@ def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
                          cfg.export.int8_max_wer_delta, cfg.export.sherpa_check, cfg.export.sherpa_max_wer_delta,
                          batch_size=cfg.eval.batch_size)
     path = write_verdict(bundle / "onnx.json", payload, model_path)
-    print(onnx_summary(payload))
+    return _report(payload, path, onnx_summary(payload), "the ONNX check failed",
+                   f"ONNX fp32 == PyTorch streaming in every mode on {len(utts)} utterances")
+
+
+def _report(payload: dict, path: Path, table: str, failure: str, success: str) -> int:
+    """Print a verdict's table and its one-line outcome; 1 when any mode failed."""
+    print(table)
     if not payload["passed"]:
         failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
-        print(f"FAIL: ONNX check failed at {', '.join(failed)}; see {path}", file=sys.stderr)
+        print(f"FAIL: {failure} at {', '.join(failed)}; see {path}", file=sys.stderr)
         return 1
-    print(f"ONNX fp32 == PyTorch streaming in every mode on {len(utts)} utterances; wrote {path}")
+    print(f"{success}; wrote {path}")
     return 0
 
 
