@@ -28,6 +28,13 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])
 
 
+def others_seconds(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """CPU seconds other processes used between two :func:`cpu_ticks` readings."""
+    import os
+
+    return (after[0] - before[0] - after[1] + before[1]) / os.sysconf("SC_CLK_TCK")
+
+
 def mode_by_ms(model, ms: int):
     """The model's chunk mode of ``ms`` milliseconds."""
     from streamtune.models import chunk_modes

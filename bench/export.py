@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import cpu_ticks, mode_by_ms  # noqa: E402
+from bench import cpu_ticks, mode_by_ms, others_seconds  # noqa: E402
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
 DEMO_MODEL = "outputs/demo/runs/tiny_cpu/latest/final.nemo"
@@ -54,8 +54,7 @@ OTHERS_LIMIT = 0.3  # cores used by other processes during a repetition above wh
 
 # ----- machine ----------------------------------------------------------------------------------
 def others_cores(since: tuple[int, int], seconds: float) -> float:
-    busy, own = cpu_ticks()
-    return max(0.0, (busy - since[0] - own + since[1]) / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-9))
+    return max(0.0, others_seconds(since, cpu_ticks()) / max(seconds, 1e-9))
 
 
 def other_benches() -> list[str]:
@@ -453,7 +452,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - wall
     load_after, ticks_after = os.getloadavg(), cpu_ticks()
     benches_after = other_benches()
-    busy_all = (ticks_after[0] - ticks_before[0] - ticks_after[1] + ticks_before[1]) / os.sysconf("SC_CLK_TCK")
+    busy_all = others_seconds(ticks_before, ticks_after)
     command = shlex.join(["python", "bench/export.py", *argv])
     table = report(rows)
     worst = max(r["res"]["others"] for r in rows)

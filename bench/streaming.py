@@ -61,7 +61,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import cpu_ticks, mode_by_ms  # noqa: E402
+from bench import cpu_ticks, mode_by_ms, others_seconds  # noqa: E402
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
 DEMO_MODEL = "outputs/demo/runs/tiny_cpu/latest/final.nemo"
@@ -334,10 +334,9 @@ class Others:
 
     @staticmethod
     def load(seconds: float = 2.0) -> float:
-        busy, own = cpu_ticks()
+        before = cpu_ticks()
         time.sleep(seconds)
-        busy2, own2 = cpu_ticks()
-        return (busy2 - busy - own2 + own) / os.sysconf("SC_CLK_TCK") / seconds
+        return others_seconds(before, cpu_ticks()) / seconds
 
     def wait_quiet(self) -> None:
         start = time.monotonic()
@@ -351,8 +350,7 @@ class Others:
         for attempt in range(attempts):
             ticks, start = cpu_ticks(), time.monotonic()
             result = fn()
-            busy, own = cpu_ticks()
-            cores = (busy - ticks[0] - own + ticks[1]) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start)
+            cores = others_seconds(ticks, cpu_ticks()) / (time.monotonic() - start)
             if cores <= self.LIMIT or attempt == attempts - 1:
                 return result, cores
             self.discarded += 1
@@ -682,7 +680,7 @@ def main(argv=None) -> int:
 
     elapsed = time.perf_counter() - wall
     load_after, ticks_after = os.getloadavg(), cpu_ticks()
-    busy_all = (ticks_after[0] - ticks_before[0] - ticks_after[1] + ticks_before[1]) / os.sysconf("SC_CLK_TCK")
+    busy_all = others_seconds(ticks_before, ticks_after)
     table = report(results)
     command = shlex.join(["python", "bench/streaming.py", *argv])
     sections = [r["others"] for key in ("compare", "growth", "realtime") for r in results[key]]

@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import cpu_ticks  # noqa: E402
+from bench import cpu_ticks, others_seconds  # noqa: E402
 
 RECIPE = "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
@@ -48,10 +48,9 @@ def others_load(seconds: float = 2.0) -> float:
     """CPU cores used by other processes over ``seconds`` (the machine may be shared)."""
     import time
 
-    busy, own = cpu_ticks()
+    before = cpu_ticks()
     time.sleep(seconds)
-    busy2, own2 = cpu_ticks()
-    return (busy2 - busy - own2 + own) / os.sysconf("SC_CLK_TCK") / seconds
+    return others_seconds(before, cpu_ticks()) / seconds
 
 
 def timer_callback(warmup: int, steps: int, sample_rate: int):
@@ -78,7 +77,7 @@ def timer_callback(warmup: int, steps: int, sample_rate: int):
                     self.start, self.first_timed, self.ticks = time.perf_counter(), len(self.audio), cpu_ticks()
                 else:
                     self.end, ticks = time.perf_counter(), cpu_ticks()
-                    self.others = (ticks[0] - self.ticks[0] - ticks[1] + self.ticks[1]) / os.sysconf("SC_CLK_TCK")
+                    self.others = others_seconds(self.ticks, ticks)
 
         def result(self) -> dict:
             import resource
