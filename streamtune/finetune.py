@@ -159,6 +159,9 @@ def _base_config(path: Path):
         return base, ckpt
     from nemo.collections.asr.models import ASRModel
 
+    from streamtune.losses import register
+
+    register()  # the start point may name streamtune's loss
     try:
         return ASRModel.restore_from(str(path), map_location="cpu", return_config=True), None
     except Exception as err:
