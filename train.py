@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
-    from streamtune.models import build_model
+    from streamtune.models import build_model, save_model
     from streamtune.rundir import is_global_zero, write_env
     from streamtune.tracking import finish_tracking
 
@@ -131,6 +131,14 @@ def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
 
     trainer = build_trainer(cfg, run_dir, resume_step=step if ckpt else None)
     notes = []
+    if cfg.data.train:
+        from streamtune.survey import survey_training_data
+
+        survey = survey_training_data(cfg.data)  # what the loader will read and skip (cached: done at the check)
+        notes.append(survey.summary("data.train", cfg.data.min_duration_s, cfg.data.max_duration_s))
+        print(notes[-1], flush=True)
+        if is_global_zero() and survey.skipped_count:
+            survey.write_skipped(run_dir / "skipped.jsonl")
     model = build_model(cfg, trainer=trainer, log=lambda text: (print(text, flush=True), notes.append(text)))
     if is_global_zero() and ckpt is None:
         (run_dir / "model_setup.txt").write_text("\n".join(notes) + "\n")
@@ -138,7 +146,7 @@ def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
     trainer.fit(model, ckpt_path=str(ckpt) if ckpt else None)
     final = run_dir / "final.nemo"
     if trainer.global_rank == 0:
-        model.save_to(str(final))
+        save_model(model, final)
         print(f"trained {trainer.global_step} steps in {time.time() - started:.0f} s; wrote {final}", flush=True)
     finish_tracking()
     return 0

@@ -11,7 +11,8 @@ import torch
 
 
 class Throughput(pl.Callback):
-    """Logs step time and audio seconds processed per wall second (``train_audio_s_per_s``)."""
+    """Logs step time, the audio seconds of the batch and per wall second (``train_audio_s``,
+    ``train_audio_s_per_s``), and the padding ratio (``train_pad_ratio``: padded samples / real samples)."""
 
     def __init__(self):
         self.sample_rate = None
@@ -27,10 +28,13 @@ class Throughput(pl.Callback):
         if self._start is None:
             return
         step_s = time.perf_counter() - self._start
-        audio_s = float(batch[1].sum()) / self.sample_rate  # NeMo ASR batches: (audio, audio_len, tokens, tokens_len)
-        pl_module.log("train_step_s", step_s, on_step=True, on_epoch=False, batch_size=int(batch[1].shape[0]))
-        pl_module.log("train_audio_s_per_s", audio_s / step_s, on_step=True, on_epoch=False,
-                      batch_size=int(batch[1].shape[0]))
+        lengths = batch[1].tolist()  # NeMo ASR batches: (audio, audio_len, tokens, tokens_len)
+        real = sum(lengths)
+        audio_s = real / self.sample_rate
+        metrics = {"train_step_s": step_s, "train_audio_s": audio_s, "train_audio_s_per_s": audio_s / step_s,
+                   "train_pad_ratio": (len(lengths) * max(lengths) - real) / max(real, 1)}
+        for key, value in metrics.items():
+            pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=len(lengths))
         if torch.cuda.is_available() and batch[1].is_cuda:
             pl_module.log("gpu_mem_peak_gib", torch.cuda.max_memory_allocated() / 2**30, on_step=True,
                           on_epoch=False, batch_size=int(batch[1].shape[0]))
@@ -46,27 +50,25 @@ class ChunkWER(pl.Callback):
     def __init__(self, dev_cuts: str, batch_size: int = 8):
         self.dev_cuts = dev_cuts
         self.batch_size = batch_size
-        self._utts = None
-        self._feats = None
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        from streamtune.data import load_utterances
-        from streamtune.metrics import corpus_errors
+        from streamtune.data import utterance_batches
+        from streamtune.metrics import ErrorCounts, corpus_errors
         from streamtune.models import chunk_modes
         from streamtune.streaming import StreamingRunner
 
         runner = StreamingRunner(pl_module, batch_size=self.batch_size, device=pl_module.device)
-        if self._utts is None:
-            self._utts = load_utterances(self.dev_cuts)
-            # The preprocessor has no trained weights and no dither in eval mode: features never change.
-            self._feats = [runner.features(u.audio) for u in self._utts]
-        refs = [u.text for u in self._utts]
-        wers = {}
-        for mode in chunk_modes(pl_module):
-            total, _ = corpus_errors(refs, runner.offline(mode, self._feats).texts)
-            wers[f"val_wer_{mode.chunk_ms}ms"] = total.wer
+        modes = chunk_modes(pl_module)
+        totals = {mode.chunk_ms: ErrorCounts() for mode in modes}
+        # Streamed batch by batch (features recomputed each time): memory does not grow with the dev set.
+        for batch in utterance_batches(self.dev_cuts, self.batch_size):
+            feats = [runner.features(u.audio) for u in batch]
+            refs = [u.text for u in batch]
+            for mode in modes:
+                totals[mode.chunk_ms] += corpus_errors(refs, runner.offline(mode, feats).texts)[0]
+        wers = {f"val_wer_{ms}ms": total.wer for ms, total in totals.items()}
         wers["val_wer_mean"] = sum(wers.values()) / len(wers)
         for key, value in wers.items():
             pl_module.log(key, value, on_epoch=True, prog_bar=key == "val_wer_mean", sync_dist=False)

@@ -44,10 +44,18 @@ class DataConfig:
     # Dynamic batching by total audio seconds per batch (Lhotse); batch_size caps the count.
     batch_duration_s: float = 60.0
     batch_size: Optional[int] = None
-    # Lhotse dynamic bucketing: batches of similar-length utterances (less padding). 0 = off.
-    num_buckets: int = 0
+    # Duration bucketing (Lhotse DynamicBucketingSampler): each batch is drawn from one of num_buckets buckets
+    # of similar durations, with bin edges that put the same number of training cuts in every bucket (surveyed
+    # before training). The RNN-T joint is [batch, frames, tokens, vocab]: padding costs quadratically, so
+    # mixing 2 s and 30 s utterances in one batch wastes most of it. Fewer buckets are used when the data is too
+    # small to fill two batches per bucket; 0 = off.
+    num_buckets: int = 30
+    # Cuts outside [min_duration_s, max_duration_s] are skipped (never truncated), counted and listed in the run
+    # dir's skipped.jsonl.
     min_duration_s: float = 0.1
     max_duration_s: float = 30.0
+    # Cuts whose transcript is empty stop training with an error naming them, unless this is true.
+    allow_empty_text: bool = False
     num_workers: int = 0
     shuffle_buffer_size: int = 10000
 

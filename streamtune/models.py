@@ -42,8 +42,17 @@ class ChunkMode:
 
 def dataset_configs(cfg: DictConfig, sample_rate: int) -> dict:
     """NeMo ``train_ds`` / ``validation_ds`` (Lhotse) from the recipe's ``data`` section."""
+    from streamtune.survey import survey_training_data
+
     data = cfg.data
-    bucketing = {"use_bucketing": True, "num_buckets": data.num_buckets} if data.num_buckets else {}
+    bucketing = {}
+    if data.train and data.num_buckets:
+        bins = survey_training_data(data).bucket_bins(int(data.num_buckets), float(data.batch_duration_s))
+        if bins:
+            # Not concurrent: a background thread filling the buckets would make the batch order depend on timing
+            # (and break exact resume).
+            bucketing = {"use_bucketing": True, "num_buckets": len(bins) + 1, "bucket_duration_bins": bins,
+                         "concurrent_bucketing": False}
 
     def lhotse_ds(spec, shuffle: bool) -> dict:
         return {
@@ -96,6 +105,10 @@ def check_model_config(cfg: DictConfig) -> None:
 
     resolved(cfg)  # names any ??? the recipe leaves for the command line
     check_mode(cfg.finetune.mode)
+    if cfg.data.train:
+        from streamtune.survey import survey_training_data
+
+        survey_training_data(cfg.data)  # empty transcripts, impossible duration bounds (cached for the run)
     if cfg.model.get("init_from"):
         start_point(cfg)
         dataset_configs(cfg, 16000)
@@ -104,20 +117,12 @@ def check_model_config(cfg: DictConfig) -> None:
         nemo_model_config(cfg)
 
 
-def _one_source(path: str) -> tuple[str, str]:
-    p = Path(path)
-    if p.is_dir():
-        return "shar", str(p)
-    if p.is_file():
-        return "cuts", str(p)
-    raise UserError(f"data path '{path}' does not exist; prepare it with `python -m data_prep ...` "
-                    "(a cuts_<split>.jsonl.gz file or a Shar dir)")
-
-
 def data_source(spec) -> dict:
     """NeMo Lhotse dataloader keys for a cuts file, a Shar dir, or a weighted list ``[[path, weight], ...]``."""
+    from streamtune.survey import input_kind
+
     if isinstance(spec, str):
-        kind, path = _one_source(spec)
+        kind, path = input_kind(spec)
         return {"shar_path": path} if kind == "shar" else {"cuts_path": path}
     entries = []
     for entry in spec:
@@ -126,7 +131,7 @@ def data_source(spec) -> dict:
             weight = float(weight)
         except (TypeError, ValueError):
             raise UserError(f"data entry {entry!r} is not [path, weight]") from None
-        kind, path = _one_source(path)
+        kind, path = input_kind(path)
         entries.append({"type": "lhotse_shar", "shar_path": path, "weight": weight} if kind == "shar"
                        else {"type": "lhotse", "cuts_path": path, "weight": weight})
     if not entries:
@@ -150,7 +155,9 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
     ``log`` receives the human-readable account of what was merged, changed and frozen.
     """
     from streamtune.finetune import apply_finetune_mode, check_param_groups, start_from
+    from streamtune.losses import register
 
+    register()  # model.loss.loss_name: streamtune
     if cfg.model.get("init_from"):
         model, report = start_from(cfg, trainer=trainer)
         with open_dict(model.cfg):
@@ -177,6 +184,9 @@ def load_model(path: str | Path, device: str = "cpu"):
         raise UserError(f"model '{path}' does not exist; pass a local .nemo file (train.py writes final.nemo)")
     from nemo.collections.asr.models import ASRModel
 
+    from streamtune.losses import register
+
+    register()  # a checkpoint may name streamtune's loss
     try:
         model = ASRModel.restore_from(str(path), map_location=device)
     except Exception as err:  # NeMo raises many kinds for a bad archive
@@ -186,6 +196,27 @@ def load_model(path: str | Path, device: str = "cpu"):
         model.change_decoding_strategy(decoder_type="rnnt", verbose=False)
     model.eval()
     return model
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Write a ``.nemo`` that plain NeMo restores (streamtune's loss named as NeMo's default, the same function),
+    atomically: a temporary file in the same directory, then a rename, so a kill never leaves a truncated file."""
+    import os
+
+    from streamtune.losses import portable_loss_config
+
+    path = Path(path)
+    loss = portable_loss_config(model.cfg.get("loss"))
+    if loss is not None:
+        with open_dict(model.cfg):
+            model.cfg.loss = loss
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        model.save_to(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def chunk_modes(model) -> list[ChunkMode]:
