@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import streamtune
     from streamtune.data import load_utterances, resolve_test_set
-    from streamtune.evaluation import (PreparedSet, algorithmic_latency, build_payload, evaluate_model,
+    from streamtune.evaluation import (TestSetSource, algorithmic_latency, build_payload, evaluate_model,
                                        step_latency, wer_tables, write_reports)
     from streamtune.models import load_model, select_modes
     from streamtune.rundir import git_state
@@ -98,29 +98,30 @@ def main(argv: list[str] | None = None) -> int:
         ts = resolve_test_set(str(spec), out_dir, taken)
         taken.add(ts.name)
         sources.append(ts)
-    loaded = {ts.name: load_utterances(ts.cuts) for ts in sources}
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The latency sweep streams slices of the first test set's first utterances (enough for two streams' worth).
+    latency_utts = load_utterances(sources[0].cuts, max_audio_s=2 * float(cfg.eval.latency_audio_s))
 
-    results, rows, emissions, latency, chunk_union = [], [], [], [], []
-    for spec in specs:
-        model = load_model(spec.path)
-        modes = select_modes(model, list(cfg.eval.chunk_ms))
-        chunk_union += [m.chunk_ms for m in modes if m.chunk_ms not in chunk_union]
-        runner = StreamingRunner(model, batch_size=cfg.eval.batch_size, device=device)
-        # Features are computed per model: two models may have different preprocessors.
-        sets = [PreparedSet(name, utts, [runner.features(u.audio) for u in utts]) for name, utts in loaded.items()]
-        print(f"[{spec.label}] decoding {sum(len(s.utts) for s in sets)} utterances x {len(modes)} chunk sizes "
-              f"x {list(cfg.eval.modes)}")
-        res, r, em = evaluate_model(runner, spec.label, sets, modes, list(cfg.eval.modes))
-        results += res
-        rows += r
-        emissions += em
-        if "streaming" in cfg.eval.modes:
-            for mode in modes:
-                for row in step_latency(model, mode, sets[0].utts, list(cfg.eval.latency_streams),
-                                        float(cfg.eval.latency_audio_s), device):
-                    latency.append({"model": spec.label, **algorithmic_latency(mode), **row})
-        del model, runner
+    results, equal, emissions, latency, chunk_union, stats = [], [], [], [], [], {}
+    with open(out_dir / "hyps.jsonl", "w") as hyps:
+        for spec in specs:
+            model = load_model(spec.path)
+            modes = select_modes(model, list(cfg.eval.chunk_ms))
+            chunk_union += [m.chunk_ms for m in modes if m.chunk_ms not in chunk_union]
+            runner = StreamingRunner(model, batch_size=cfg.eval.batch_size, device=device)
+            print(f"[{spec.label}] decoding {len(sources)} test set(s) x {len(modes)} chunk sizes "
+                  f"x {list(cfg.eval.modes)}")
+            res, eq, em, stats = evaluate_model(runner, spec.label, [TestSetSource(t.name, t.cuts) for t in sources],
+                                                modes, list(cfg.eval.modes), hyps)
+            results += res
+            equal += eq
+            emissions += em
+            if "streaming" in cfg.eval.modes:
+                for mode in modes:
+                    for row in step_latency(model, mode, latency_utts, list(cfg.eval.latency_streams),
+                                            float(cfg.eval.latency_audio_s), device):
+                        latency.append({"model": spec.label, **algorithmic_latency(mode), **row})
+            del model, runner
 
     settings = {
         "batch_size": int(cfg.eval.batch_size), "device": device, "threads": torch.get_num_threads(),
@@ -129,12 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         "normaliser": "whisper_normalizer.english.EnglishTextNormalizer", "streamtune_version": streamtune.__version__,
         "git_sha": git_state()["sha"],
     }
-    test_sets = [{"name": ts.name, "source": ts.source, "kind": ts.kind, "utts": len(loaded[ts.name]),
-                  "audio_s": sum(u.duration_s for u in loaded[ts.name]), "rejected": ts.rejected,
-                  "word_timings": all(u.words for u in loaded[ts.name])} for ts in sources]
-    payload = build_payload(specs, test_sets, settings, results, rows, emissions, latency,
+    test_sets = [{"name": ts.name, "source": ts.source, "kind": ts.kind, "rejected": ts.rejected, **stats[ts.name]}
+                 for ts in sources]
+    payload = build_payload(specs, test_sets, settings, results, equal, emissions, latency,
                             float(cfg.eval.regression_tolerance), max_wer, max_regression)
-    write_reports(out_dir, payload, rows)
+    write_reports(out_dir, payload)
     save_config(cfg, out_dir / "config.yaml")
 
     from streamtune.evaluation import ModeResult

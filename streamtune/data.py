@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -22,27 +23,67 @@ class Utterance:
     words: list[tuple[str, float, float]] | None = None
 
 
-def load_utterances(cuts_path: str | Path, max_utts: int = 0) -> list[Utterance]:
-    """Load (resampled to 16 kHz mono) audio and transcripts of a cuts file or Shar dir, in stored order."""
+def _open_cuts(cuts_path: str | Path):
+    """A lazy CutSet over a cuts file or a Shar dir (cuts read as iterated, never all at once)."""
     from lhotse import CutSet
 
     path = Path(cuts_path)
     if not path.exists():
         raise UserError(f"cuts file '{cuts_path}' does not exist; prepare it with `python -m data_prep ...`")
-    cuts = CutSet.from_shar(in_dir=path) if path.is_dir() else CutSet.from_file(path)
+    return CutSet.from_shar(in_dir=path) if path.is_dir() else CutSet.from_jsonl_lazy(path)
+
+
+def read_utterance(cut) -> Utterance:
+    """A cut's audio (16 kHz mono float32) and transcript."""
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
+    audio = cut.load_audio()
+    audio = audio.mean(axis=0) if audio.ndim == 2 else audio
+    text = " ".join(s.text for s in cut.supervisions if s.text)
+    return Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut))
+
+
+def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float = 0.0) -> list[Utterance]:
+    """Load (resampled to 16 kHz mono) audio and transcripts of a cuts file or Shar dir, in stored order: all of
+    them, or the first ``max_utts`` / the first holding at least ``max_audio_s`` seconds.
+
+    Everything in memory: for parity sets and tests. Test sets of any size go through :func:`utterance_batches`.
+    """
     utts = []
-    for cut in cuts:
-        if max_utts and len(utts) >= max_utts:
+    for cut in _open_cuts(cuts_path):
+        if (max_utts and len(utts) >= max_utts) or (max_audio_s and sum(u.duration_s for u in utts) >= max_audio_s):
             break
-        if cut.sampling_rate != SAMPLE_RATE:
-            cut = cut.resample(SAMPLE_RATE)
-        audio = cut.load_audio()
-        audio = audio.mean(axis=0) if audio.ndim == 2 else audio
-        text = " ".join(s.text for s in cut.supervisions if s.text)
-        utts.append(Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut)))
+        utts.append(read_utterance(cut))
     if not utts:
         raise UserError(f"cuts file '{cuts_path}' has no utterances")
     return utts
+
+
+def utterance_batches(cuts_path: str | Path, batch_size: int, window: int | None = None) -> Iterator[list[Utterance]]:
+    """The utterances of a cuts file or Shar dir, ``batch_size`` at a time, audio loaded per batch.
+
+    Cut metadata is read ``window`` cuts at a time (default 8 batches) and each window sorted by duration,
+    longest first, so that a batch holds similar lengths (little padding) while memory stays bounded by the
+    window whatever the size of the set.
+    """
+    window = max(batch_size, window or 8 * batch_size)
+    pending: list = []
+    seen = 0
+
+    def flush():
+        pending.sort(key=lambda c: -c.duration)
+        for start in range(0, len(pending), batch_size):
+            yield [read_utterance(c) for c in pending[start: start + batch_size]]
+        pending.clear()
+
+    for cut in _open_cuts(cuts_path):
+        seen += 1
+        pending.append(cut)
+        if len(pending) >= window:
+            yield from flush()
+    yield from flush()
+    if not seen:
+        raise UserError(f"cuts file '{cuts_path}' has no utterances")
 
 
 def _word_timings(cut) -> list[tuple[str, float, float]] | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -116,107 +117,151 @@ def _match_form(word: str) -> str:
     return normalise_text(word, lowercase=True, strip_punctuation=True)
 
 
-def emission_delays(tokenizer, utts: list[Utterance], out: DecodeResult) -> dict | None:
-    """First- and final-token emission delay relative to the reference word's end, over aligned words.
+class EmissionDelays:
+    """First- and final-token emission delay relative to the reference word's end, over aligned words,
+    accumulated batch by batch.
 
     A reference word counts when the alignment pairs it with a hypothesis word (correct or substituted);
     its delay is (audio time at the end of the chunk that emitted the token) - (word end). Needs word
-    timings in the references (Lhotse ``word`` alignments); returns None when no utterance has them.
+    timings in the references (Lhotse ``word`` alignments).
     """
-    first, final = [], []
-    matched = timed = 0
-    for utt, toks, emits in zip(utts, out.tokens, out.emit_s or []):
-        if not utt.words:
-            continue
-        timed += 1
-        hyp = hypothesis_words(tokenizer, toks, emits)
-        ops = align([_match_form(w) for w, _, _ in utt.words], [_match_form(w) for w, _, _ in hyp])
-        for op, i, j in ops:
-            if op in ("=", "S"):
-                end = utt.words[i][2]
-                first.append(hyp[j][1] - end)
-                final.append(hyp[j][2] - end)
-                matched += op == "="
-    if not timed:
-        return None
-    return {
-        "utts_with_timings": timed,
-        "aligned_words": len(first),
-        "correct_words": matched,
-        "first_token_ms_p50": None if not first else 1000 * _pct(first, 50),
-        "first_token_ms_p95": None if not first else 1000 * _pct(first, 95),
-        "final_token_ms_p50": None if not final else 1000 * _pct(final, 50),
-        "final_token_ms_p95": None if not final else 1000 * _pct(final, 95),
-    }
+
+    def __init__(self):
+        self.first: list[float] = []
+        self.final: list[float] = []
+        self.matched = self.timed = 0
+
+    def add(self, tokenizer, utts: list[Utterance], out: DecodeResult) -> None:
+        for utt, toks, emits in zip(utts, out.tokens, out.emit_s or []):
+            if not utt.words:
+                continue
+            self.timed += 1
+            hyp = hypothesis_words(tokenizer, toks, emits)
+            ops = align([_match_form(w) for w, _, _ in utt.words], [_match_form(w) for w, _, _ in hyp])
+            for op, i, j in ops:
+                if op in ("=", "S"):
+                    end = utt.words[i][2]
+                    self.first.append(hyp[j][1] - end)
+                    self.final.append(hyp[j][2] - end)
+                    self.matched += op == "="
+
+    def summary(self) -> dict | None:
+        """Percentiles over every aligned word; None when no utterance had word timings."""
+        if not self.timed:
+            return None
+        first, final = self.first, self.final
+        return {
+            "utts_with_timings": self.timed,
+            "aligned_words": len(first),
+            "correct_words": self.matched,
+            "first_token_ms_p50": None if not first else 1000 * _pct(first, 50),
+            "first_token_ms_p95": None if not first else 1000 * _pct(first, 95),
+            "final_token_ms_p50": None if not final else 1000 * _pct(final, 50),
+            "final_token_ms_p95": None if not final else 1000 * _pct(final, 95),
+        }
+
+
+def emission_delays(tokenizer, utts: list[Utterance], out: DecodeResult) -> dict | None:
+    """:class:`EmissionDelays` of one decoding pass."""
+    acc = EmissionDelays()
+    acc.add(tokenizer, utts, out)
+    return acc.summary()
 
 
 # ----- decoding and scoring ---------------------------------------------------------------------------
 @dataclass
-class PreparedSet:
+class TestSetSource:
     name: str
-    utts: list[Utterance]
-    feats: list[torch.Tensor]
-
-    @property
-    def audio_s(self) -> float:
-        return sum(u.duration_s for u in self.utts)
+    cuts: Path  # a cuts file or Shar dir
 
 
-def evaluate_model(runner: StreamingRunner, label: str, sets: list[PreparedSet], modes: list[ChunkMode],
-                   decodes: list[str]) -> tuple[list[ModeResult], list[dict], list[dict]]:
-    """Decode every set in every mode and decode type; returns (results, per-utterance rows, emission rows)."""
+@dataclass
+class _Tally:
+    """Scores and timings of one model on one test set (or ``all``) in one chunk mode and decode."""
+
+    scores: Scores = field(default_factory=Scores.zero)
+    utts: int = 0
+    audio_s: float = 0.0
+    decode_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+
+    def add(self, total: Scores, batch: list[Utterance], decode_s: float, step_s: list[float]) -> None:
+        self.scores += total
+        self.utts += len(batch)
+        self.audio_s += sum(u.duration_s for u in batch)
+        self.decode_s += decode_s
+        self.step_s += step_s
+
+
+def _hyp_row(label: str, test_set: str, utt: Utterance, mode: ChunkMode, decode: str, hyp: str, tokens: list[int],
+             sc: Scores) -> str:
+    return json.dumps({
+        "model": label, "test_set": test_set, "id": utt.id, "chunk_ms": mode.chunk_ms, "decode": decode,
+        "ref": utt.text, "hyp": hyp, "tokens": tokens, "errors": sc.words.errors, "ref_words": sc.words.ref_words,
+        "substitutions": sc.words.substitutions, "deletions": sc.words.deletions, "insertions": sc.words.insertions,
+        "pnc_errors": sc.pnc.errors, "char_errors": sc.chars.errors}) + "\n"
+
+
+def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource], modes: list[ChunkMode],
+                   decodes: list[str], hyps: TextIO) -> tuple[list[ModeResult], list[dict], list[dict], dict]:
+    """Decode every set in every mode and decode, streaming the test sets batch by batch.
+
+    Audio is read per batch (``runner.batch_size`` utterances, sorted by duration within a window), turned into
+    features and dropped; every hypothesis is written to ``hyps`` (JSON lines) as it is scored. Memory does not
+    grow with the number of utterances. Returns (results, streaming-vs-offline entries, emission-delay rows,
+    per-set statistics ``{name: {"utts", "audio_s", "word_timings"}}``).
+    """
+    from streamtune.data import utterance_batches
+
     bad = [d for d in decodes if d not in DECODE_MODES]
     if bad:
         raise UserError(f"eval.modes has {bad}; choose from {list(DECODE_MODES)}")
-    results, rows, emissions = [], [], []
-    for mode in modes:
-        for decode in decodes:
-            pooled, pooled_utts, pooled_audio, pooled_s, pooled_steps = Scores.zero(), 0, 0.0, 0.0, []
-            for ts in sets:
-                started = time.perf_counter()
-                out = getattr(runner, decode)(mode, ts.feats)
-                elapsed = time.perf_counter() - started
-                refs = [u.text for u in ts.utts]
-                total, per_utt = corpus_scores(refs, out.texts)
-                results.append(_result(label, ts.name, mode, decode, total, len(ts.utts), ts.audio_s, elapsed,
-                                       runner.batch_size, out.step_times))
-                pooled += total
-                pooled_utts += len(ts.utts)
-                pooled_audio += ts.audio_s
-                pooled_s += elapsed
-                pooled_steps += out.step_times
-                for utt, hyp, toks, s in zip(ts.utts, out.texts, out.tokens, per_utt):
-                    rows.append({"model": label, "test_set": ts.name, "id": utt.id, "chunk_ms": mode.chunk_ms,
-                                 "decode": decode, "ref": utt.text, "hyp": hyp, "tokens": toks,
-                                 "errors": s.words.errors, "ref_words": s.words.ref_words,
-                                 "substitutions": s.words.substitutions, "deletions": s.words.deletions,
-                                 "insertions": s.words.insertions, "pnc_errors": s.pnc.errors,
-                                 "char_errors": s.chars.errors})
-                if decode == "streaming":
-                    delays = emission_delays(runner.model.tokenizer, ts.utts, out)
-                    if delays is not None:
-                        emissions.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, **delays})
-            if len(sets) > 1:
-                results.append(_result(label, ALL, mode, decode, pooled, pooled_utts, pooled_audio, pooled_s,
-                                       runner.batch_size, pooled_steps))
-    return results, rows, emissions
-
-
-def streaming_matches_offline(rows: list[dict]) -> list[dict]:
-    """Per model, test set and chunk size: how many utterances have streaming tokens != offline tokens."""
-    by_key = {(r["model"], r["test_set"], r["id"], r["chunk_ms"], r["decode"]): r["tokens"] for r in rows}
-    out: dict[tuple, dict] = {}
-    for (model, test_set, utt_id, chunk_ms, decode), toks in by_key.items():
-        other = by_key.get((model, test_set, utt_id, chunk_ms, "offline"))
-        if decode != "streaming" or other is None:
-            continue
-        entry = out.setdefault((model, test_set, chunk_ms), {"model": model, "test_set": test_set,
-                                                             "chunk_ms": chunk_ms, "utts": 0, "differing_utts": 0})
-        entry["utts"] += 1
-        entry["differing_utts"] += toks != other
-    for entry in out.values():
-        entry["equal"] = entry["differing_utts"] == 0
-    return list(out.values())
+    keys = [(mode, decode) for mode in modes for decode in decodes]
+    pooled = {key: _Tally() for key in keys}
+    results, equal, emissions, stats = [], [], [], {}
+    for ts in sets:
+        tallies = {key: _Tally() for key in keys}
+        delays = {mode.chunk_ms: EmissionDelays() for mode in modes}
+        differing = {mode.chunk_ms: 0 for mode in modes}
+        stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True}
+        for batch in utterance_batches(ts.cuts, runner.batch_size):
+            feats = [runner.features(u.audio) for u in batch]
+            for u in batch:
+                u.audio = None  # the features are all decoding needs
+            stat["utts"] += len(batch)
+            stat["audio_s"] += sum(u.duration_s for u in batch)
+            stat["word_timings"] &= all(u.words for u in batch)
+            for mode in modes:
+                tokens = {}
+                for decode in decodes:
+                    started = time.perf_counter()
+                    out = getattr(runner, decode)(mode, feats)
+                    elapsed = time.perf_counter() - started
+                    tokens[decode] = out.tokens
+                    total, per_utt = corpus_scores([u.text for u in batch], out.texts)
+                    tallies[mode, decode].add(total, batch, elapsed, out.step_times)
+                    pooled[mode, decode].add(total, batch, elapsed, out.step_times)
+                    for utt, hyp, toks, sc in zip(batch, out.texts, out.tokens, per_utt):
+                        hyps.write(_hyp_row(label, ts.name, utt, mode, decode, hyp, toks, sc))
+                    if decode == "streaming":
+                        delays[mode.chunk_ms].add(runner.model.tokenizer, batch, out)
+                if "streaming" in tokens and "offline" in tokens:
+                    differing[mode.chunk_ms] += sum(a != b for a, b in zip(tokens["streaming"], tokens["offline"]))
+        for (mode, decode), tally in tallies.items():
+            results.append(_result(label, ts.name, mode, decode, tally.scores, tally.utts, tally.audio_s,
+                                   tally.decode_s, runner.batch_size, tally.step_s))
+        for mode in modes:
+            if "streaming" in decodes and "offline" in decodes:
+                equal.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, "utts": stat["utts"],
+                              "differing_utts": differing[mode.chunk_ms], "equal": differing[mode.chunk_ms] == 0})
+            summary = delays[mode.chunk_ms].summary()
+            if summary is not None:
+                emissions.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, **summary})
+    if len(sets) > 1:
+        for (mode, decode), tally in pooled.items():
+            results.append(_result(label, ALL, mode, decode, tally.scores, tally.utts, tally.audio_s,
+                                   tally.decode_s, runner.batch_size, tally.step_s))
+    return results, equal, emissions, stats
 
 
 # ----- latency ----------------------------------------------------------------------------------------
@@ -454,20 +499,18 @@ def check_schema(payload: dict) -> None:
     jsonschema.validate(payload, json.loads(SCHEMA_PATH.read_text()))
 
 
-def write_reports(out_dir: Path, payload: dict, rows: list[dict]) -> None:
+def write_reports(out_dir: Path, payload: dict) -> None:
+    """results.json, results.md and the plots (hyps.jsonl is written while decoding)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     check_schema(payload)
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    with open(out_dir / "hyps.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     (out_dir / "results.md").write_text(results_markdown(payload))
     plot_wer_vs_chunk(payload, out_dir / "wer_vs_chunk.png")
     plot_step_compute(payload, out_dir / "step_compute_vs_streams.png")
 
 
 def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict, results: list[ModeResult],
-                  rows: list[dict], emissions: list[dict], latency: list[dict], tolerance: float,
+                  equal: list[dict], emissions: list[dict], latency: list[dict], tolerance: float,
                   max_wer: float | None, max_regression: float | None) -> dict:
     baseline = next((m.label for m in models if m.role == "baseline"), None)
     deltas = compare(results, baseline, tolerance) if baseline else []
@@ -478,7 +521,7 @@ def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict
         "models": [asdict(m) for m in models],
         "test_sets": test_sets,
         "results": [asdict(r) for r in results],
-        "streaming_equals_offline": streaming_matches_offline(rows),
+        "streaming_equals_offline": equal,
         "latency": latency,
         "emission_delay": emissions,
         "comparison": {"baseline": baseline, "tolerance_points": tolerance, "deltas": deltas} if baseline else None,

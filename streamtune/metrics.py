@@ -8,7 +8,7 @@
   and split on whitespace, so ``Hello,`` vs ``hello`` is one substitution.
 * ``cer``: characters (spaces included) of the Whisper-normalised texts.
 
-Alignment is a plain Levenshtein table over any sequences, with a backtrace
+Alignment is kaldialign's compiled minimum-edit alignment (declared dependency), with the matched pairs
 (:func:`align`) for callers that need to know which word matched which.
 """
 
@@ -61,51 +61,42 @@ class ErrorCounts:
         return self
 
 
-def align(ref: Sequence, hyp: Sequence) -> list[tuple[str, int | None, int | None]]:
-    """Minimum-edit alignment as ``(op, ref_index, hyp_index)`` with op in ``= S D I``.
+def _as_ids(ref: Sequence, hyp: Sequence) -> tuple[list[int], list[int]]:
+    """Both sides as small ints, so that no symbol can collide with the aligner's epsilon (-1)."""
+    vocab: dict = {}
+    return [vocab.setdefault(x, len(vocab)) for x in ref], [vocab.setdefault(x, len(vocab)) for x in hyp]
 
-    Ties prefer substitution, then deletion, then insertion (fixed, so results are reproducible).
-    """
-    n, m = len(ref), len(hyp)
-    cost = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n + 1):
-        cost[i][0] = i
-    for j in range(m + 1):
-        cost[0][j] = j
-    for i in range(1, n + 1):
-        row, prev = cost[i], cost[i - 1]
-        r = ref[i - 1]
-        for j in range(1, m + 1):
-            if r == hyp[j - 1]:
-                row[j] = prev[j - 1]
-            else:
-                row[j] = 1 + min(prev[j - 1], prev[j], row[j - 1])
-    ops = []
-    i, j = n, m
-    while i > 0 or j > 0:
-        if i > 0 and j > 0 and ref[i - 1] == hyp[j - 1] and cost[i][j] == cost[i - 1][j - 1]:
-            ops.append(("=", i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif i > 0 and j > 0 and cost[i][j] == cost[i - 1][j - 1] + 1:
-            ops.append(("S", i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif i > 0 and cost[i][j] == cost[i - 1][j] + 1:
-            ops.append(("D", i - 1, None))
-            i -= 1
+
+def align(ref: Sequence, hyp: Sequence) -> list[tuple[str, int | None, int | None]]:
+    """Minimum-edit alignment as ``(op, ref_index, hyp_index)`` with op in ``= S D I`` (kaldialign, compiled)."""
+    import kaldialign
+
+    if not ref or not hyp:  # kaldialign wants something to align; the answer is plain
+        return [("D", i, None) for i in range(len(ref))] + [("I", None, j) for j in range(len(hyp))]
+    ref_ids, hyp_ids = _as_ids(ref, hyp)
+    ops, i, j = [], 0, 0
+    for r, h in kaldialign.align(ref_ids, hyp_ids, -1):
+        if r == -1:
+            ops.append(("I", None, j))
+            j += 1
+        elif h == -1:
+            ops.append(("D", i, None))
+            i += 1
         else:
-            ops.append(("I", None, j - 1))
-            j -= 1
-    return ops[::-1]
+            ops.append(("=" if r == h else "S", i, j))
+            i, j = i + 1, j + 1
+    return ops
 
 
 def edit_counts(ref: Sequence, hyp: Sequence) -> ErrorCounts:
-    ops = align(ref, hyp)
-    return ErrorCounts(
-        substitutions=sum(op == "S" for op, _, _ in ops),
-        deletions=sum(op == "D" for op, _, _ in ops),
-        insertions=sum(op == "I" for op, _, _ in ops),
-        ref_words=len(ref),
-    )
+    """Substitutions, deletions and insertions of a minimum-edit alignment (kaldialign, compiled)."""
+    import kaldialign
+
+    if not ref or not hyp:
+        return ErrorCounts(deletions=len(ref), insertions=len(hyp), ref_words=len(ref))
+    ref_ids, hyp_ids = _as_ids(ref, hyp)
+    d = kaldialign.edit_distance(ref_ids, hyp_ids)
+    return ErrorCounts(substitutions=d["sub"], deletions=d["del"], insertions=d["ins"], ref_words=len(ref))
 
 
 def word_errors(ref: str, hyp: str) -> ErrorCounts:

@@ -153,7 +153,9 @@ def test_results_identical_at_batch_sizes_1_3_and_8(random_nemo, corpus, timed_c
                          "--cuts", str(timed_corpus / "cuts_test.jsonl.gz"), "--out", str(out), *tiny_overrides,
                          *FAST, f"eval.batch_size={bs}") == 0
         payload = json.loads((out / "results.json").read_text())
-        rows = [json.loads(line) for line in open(out / "hyps.jsonl")]
+        # Rows are written as batches finish (their order follows the batching); their content must not change.
+        rows = sorted((json.loads(line) for line in open(out / "hyps.jsonl")),
+                      key=lambda r: (r["model"], r["test_set"], r["id"], r["chunk_ms"], r["decode"]))
         scores = [{k: v for k, v in r.items() if k not in ("decode_s", "rtfx", "streams", "step_ms_p50",
                                                               "step_ms_p95")} for r in payload["results"]]
         outputs[bs] = (rows, scores, payload["emission_delay"])
