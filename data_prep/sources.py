@@ -90,9 +90,11 @@ def nemo_manifests(manifests: list[str], text_key: str = "text", language: str |
                     continue
                 if not isinstance(text, str):
                     text = ""  # validation rejects it as empty_text, naming the line
+                # With a declared duration the header is not read here: validation decodes the file once and
+                # takes its rate, channels and length from that.
                 cut = make_cut(cut_id, audio, text, offset_s=offset,
                                duration_s=float(duration) if duration is not None else None,
-                               read_header=read_header, custom=entry, language=lang)
+                               read_header=read_header and duration is None, custom=entry, language=lang)
                 yield Item(cut, origin)
 
 

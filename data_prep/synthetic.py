@@ -12,6 +12,10 @@ silence trimmed, and the words joined with short pauses, so that every word's
 start and end are known exactly; they are stored as the supervision's Lhotse
 ``word`` alignment (evaluate.py measures emission delay against them). That
 speech is more clipped than a sentence read in one go; use it for timing sets.
+
+Long utterances (``--min-words 25 --max-words 110`` gives about 8–40 s) are read as paragraphs: an
+utterance of more than ``PHRASE_WORDS`` words is spoken in phrases of 6–14 words with a short pause
+between them (a comma for espeak-ng; the transcript has none), where a reader would breathe.
 """
 
 from __future__ import annotations
@@ -146,10 +150,26 @@ def synthesize(utt: Utterance) -> np.ndarray:
     """Speak one utterance with espeak-ng and return float32 16 kHz mono samples."""
     # A little silence either side, as in recorded speech.
     pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
-    return np.concatenate([pad, _speak(utt, utt.text), pad])
+    return np.concatenate([pad, _speak(utt, spoken_text(utt)), pad])
 
 
 WORD_GAP_S = 0.06
+PHRASE_WORDS = 14
+
+
+def spoken_text(utt: Utterance) -> str:
+    """What espeak-ng reads: the transcript, with a pause (comma) every 6–14 words in long utterances."""
+    words = utt.text.split()
+    if len(words) <= PHRASE_WORDS:
+        return utt.text
+    rng = random.Random(utt.id)  # per utterance: the plan (and every other utterance) is unchanged
+    out, next_pause = [], rng.randint(6, PHRASE_WORDS)
+    for k, word in enumerate(words, start=1):
+        out.append(word)
+        if k == next_pause and k < len(words):
+            out[-1] += ","
+            next_pause += rng.randint(6, PHRASE_WORDS)
+    return " ".join(out)
 
 
 def synthesize_words(utt: Utterance) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
@@ -206,7 +226,8 @@ def prepare_synthetic(
     counts = {"train": num_train, "dev": num_dev, "test": num_test}
     counts = {k: v for k, v in counts.items() if v > 0}
     # The key of the demo's defaults is unchanged by the later options: a new option joins the key only when set.
-    extra = (() if id_prefix == "synth" else (id_prefix,)) + (("word_timings",) if word_timings else ())
+    extra = (() if id_prefix == "synth" else (id_prefix,)) + (("word_timings",) if word_timings else ()) \
+        + (("phrases",) if max_words > PHRASE_WORDS else ())
     key_parts = (sorted(counts.items()), seed, min_words, max_words, words, voices) + extra
     key = hashlib.sha256(repr(key_parts).encode()).hexdigest()
     stamp = out_dir / ".synthetic.done"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from lhotse.utils import fastcopy
 
 from streamtune.errors import UserError
 from streamtune.text import normalise_text
@@ -94,31 +95,65 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
         source = rec.sources[0]
         if source.type == "file" and not Path(source.source).exists():
             return reject("missing_audio", f"audio file {source.source} does not exist")
+        try:
+            samples, rec = _decode(cut)
+        except Exception as err:  # decoders raise many kinds
+            return reject("undecodable_audio", f"audio could not be decoded ({type(err).__name__}: {err})")
+        cut = fastcopy(cut, recording=rec)
         if len(rec.channel_ids) > 1:
             return reject("multichannel_audio", f"{len(rec.channel_ids)} channels at {rec.sampling_rate} Hz; "
                           "convert to mono before preparing (which channel to keep is yours to say)")
-        if rec.num_samples == 0:
+        if rec.num_samples == 0 or samples.size == 0:
             return reject("empty_audio", "audio has no samples")
         if cut.start + cut.duration > rec.duration + cfg.duration_tolerance_s:
             return reject("duration_mismatch", f"declared {cut.start:.3f}+{cut.duration:.3f} s but the file holds "
                           f"{rec.duration:.3f} s (truncated file, or wrong duration/offset in the manifest)")
-        try:
-            samples = cut.load_audio()
-        except Exception as err:  # decoders raise many kinds
-            return reject("undecodable_audio", f"audio could not be decoded ({type(err).__name__}: {err})")
-        if samples.size == 0:
-            return reject("empty_audio", "audio has no samples")
         if not np.isfinite(samples).all():
             return reject("nonfinite_samples", "audio contains NaN or inf samples")
         if float(np.abs(samples).max()) < cfg.silence_peak:
             return reject("silent_audio", "audio is silent (all samples ~0)")
-        real_s = samples.shape[-1] / cut.sampling_rate
+        real_s = samples.shape[-1] / rec.sampling_rate
         if abs(real_s - cut.duration) > cfg.duration_tolerance_s:
             return reject("duration_mismatch", f"declared {cut.duration:.3f} s but the audio holds {real_s:.3f} s")
         if rec.sampling_rate != TARGET_RATE:
             notes.append(f"resampled_{rec.sampling_rate}hz")
             cut = cut.resample(TARGET_RATE)  # lazy: applied when the audio is loaded
     return cut, None, notes
+
+
+def _decode(cut):
+    """(samples of the cut's span, the Recording as the file really is) with one read of the file.
+
+    Plain files go straight through soundfile: the header and the samples come from the same open file, so
+    nothing is read twice and the recording's rate, channels and length are the decoded truth, whatever a
+    manifest declared. Anything else (in-memory Shar audio, formats soundfile lacks) goes through Lhotse.
+    """
+    import soundfile as sf
+    from lhotse import Recording
+    from lhotse.audio import AudioSource
+
+    rec = cut.recording
+    source = rec.sources[0]
+    if source.type == "file" and len(rec.sources) == 1 and not rec.transforms:
+        try:
+            with sf.SoundFile(source.source) as f:
+                rate, channels, frames = f.samplerate, f.channels, f.frames
+                start = min(frames, round(cut.start * rate))
+                f.seek(start)
+                want = round(cut.duration * rate) if cut.duration > 0 else frames - start
+                samples = f.read(min(want, frames - start), dtype="float32", always_2d=True).T
+        except sf.LibsndfileError:
+            pass  # e.g. a format this libsndfile does not read: let Lhotse try its other backends
+        else:
+            real = Recording(id=rec.id, sources=[AudioSource(type="file", channels=list(range(channels)),
+                                                             source=source.source)],
+                             sampling_rate=rate, num_samples=frames, duration=frames / rate)
+            return samples, real
+    if source.type == "file" and len(rec.sources) == 1:
+        # The header as Lhotse's backends read it (a manifest's declared values may be placeholders); the
+        # recording's own transforms (e.g. a resampling) are kept.
+        rec = fastcopy(Recording.from_file(source.source, recording_id=rec.id), transforms=rec.transforms)
+    return fastcopy(cut, recording=rec).load_audio(), rec
 
 
 class IdSet:
