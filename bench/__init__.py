@@ -40,3 +40,47 @@ def mode_by_ms(model, ms: int):
     from streamtune.models import chunk_modes
 
     return next(m for m in chunk_modes(model) if m.chunk_ms == ms)
+
+
+# Cores other processes may use while a measurement runs before it is discarded and redone (or flagged).
+OTHERS_LIMIT = 0.2
+
+
+def others_load(seconds: float = 2.0) -> float:
+    """Cores used by other processes over the next ``seconds`` (the machine may be shared)."""
+    before = cpu_ticks()
+    time.sleep(seconds)
+    return others_seconds(before, cpu_ticks()) / seconds
+
+
+def wait_quiet(max_wait_s: float = 300, log=print) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use at most ``OTHERS_LIMIT`` cores; returns their load."""
+    deadline = time.monotonic() + max_wait_s
+    while (load := others_load()) > OTHERS_LIMIT and time.monotonic() < deadline:
+        log(f"  waiting: other processes use {load:.1f} cores")
+        time.sleep(10)
+    return load
+
+
+class Watch:
+    """Wall time of a block and the cores other processes used meanwhile (``with Watch() as w: ...``)."""
+
+    def __enter__(self):
+        self.ticks, self.start = cpu_ticks(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        self.others = max(0.0, others_seconds(self.ticks, cpu_ticks()) / max(self.seconds, 1e-9))
+        return False
+
+    @property
+    def disturbed(self) -> bool:
+        return self.others > OTHERS_LIMIT
+
+
+def run_header(command: str, extra: str = "") -> str:
+    """The first line of a BENCHMARKS.md section: the exact command, threads, and what else ran."""
+    import torch
+
+    return f"`{command}` — {torch.get_num_threads()} torch threads" + (f"; {extra}" if extra else "") + "."
