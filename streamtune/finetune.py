@@ -13,15 +13,13 @@ rebuilds the prediction net and joint, and we rebuild the loss from the config
 from __future__ import annotations
 
 import difflib
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from streamtune.errors import UserError
+from streamtune.model_config import finalise_contexts, model_class, recipe_model_section, support_adapters
 
-# Our keys inside the `model` section; everything else there is NeMo's own config.
-OWN_KEYS = ("target", "init_from", "tokenizer_dir", "att_context_sizes", "att_context_probs")
 # Sections the recipe replaces whole instead of merging key by key (a new scheduler must not
 # inherit the old one's arguments; datasets are always ours).
 REPLACED = ("optim", "train_ds", "validation_ds", "test_ds")
@@ -29,65 +27,6 @@ REPLACED = ("optim", "train_ds", "validation_ds", "test_ds")
 MODULES = ("preprocessor", "encoder", "decoder", "joint", "spec_augment")
 MODES = ("full", "frozen_encoder", "adapters")
 ADAPTER_NAME = "streamtune"
-
-
-def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
-    """NeMo checks ``sum(att_context_probs) == 1`` with a plain float sum; make that exactly true."""
-    if probs is None:
-        return None
-    if len(probs) != n:
-        raise UserError(f"model att_context_probs has {len(probs)} values for {n} att_context_size pairs")
-    if any(p < 0 for p in probs) or sum(probs) <= 0:
-        raise UserError("model att_context_probs must be non-negative and not all zero")
-    total = math.fsum(probs)
-    out = [p / total for p in probs]
-    out[-1] = 1.0 - sum(out[:-1])
-    while sum(out) != 1.0:  # rounding: nudge the last value by one ulp towards an exact sum
-        out[-1] = math.nextafter(out[-1], 2.0 if sum(out) < 1.0 else -1.0)
-    return out
-
-
-def recipe_model_section(cfg: DictConfig) -> DictConfig:
-    """The recipe's ``model`` section as NeMo config: resolved, our keys removed, shortcuts applied."""
-    from streamtune.config import resolved
-
-    section = resolved(cfg).model
-    sizes = section.get("att_context_sizes")
-    probs = section.get("att_context_probs")
-    with open_dict(section):
-        for key in OWN_KEYS:
-            section.pop(key, None)
-        if sizes is not None or probs is not None:
-            section.setdefault("encoder", {})
-            if sizes is not None:
-                section.encoder.att_context_size = sizes
-            if probs is not None or sizes is not None:
-                section.encoder.att_context_probs = probs
-    return section
-
-
-def finalise_contexts(model_cfg: DictConfig) -> None:
-    """Normalise ``att_context_probs`` against the final list of context sizes."""
-    enc = model_cfg.get("encoder")
-    sizes = enc.get("att_context_size") if enc is not None else None
-    if sizes is not None and len(sizes) and OmegaConf.is_list(sizes[0]):
-        with open_dict(enc):
-            enc.att_context_probs = normalise_probs(enc.get("att_context_probs"), len(sizes))
-
-
-def support_adapters(model_cfg: DictConfig) -> None:
-    """Swap the encoder class for its registered adapter-capable twin (ConformerEncoder -> ConformerEncoderAdapter).
-
-    Same parameters, same forward; it only adds the adapter hooks. What NeMo's adapter scripts do.
-    """
-    from hydra.utils import get_class
-    from nemo.core.classes.mixins.adapter_mixins import get_registered_adapter
-
-    info = get_registered_adapter(get_class(model_cfg.encoder._target_))
-    if info is None and not hasattr(get_class(model_cfg.encoder._target_), "add_adapter"):
-        raise UserError(f"encoder {model_cfg.encoder._target_} has no adapter support; use finetune.mode=frozen_encoder")
-    if info is not None:
-        model_cfg.encoder._target_ = info.adapter_class_path
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -103,7 +42,8 @@ def config_changes(before: DictConfig, after: DictConfig) -> list[tuple[str, obj
     """``(key, before, after)`` for every leaf that differs; a missing side is ``"<absent>"``."""
     a, b = _flatten(before), _flatten(after)
     absent = "<absent>"
-    return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+    return [(k, a.get(k, absent),
+             b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
 
 
 def merge_onto_base(base: DictConfig, overlay: DictConfig, where: str) -> DictConfig:
@@ -170,8 +110,6 @@ def _base_config(path: Path):
 
 def start_from(cfg: DictConfig, trainer=None):
     """The model named by ``model.init_from`` with the recipe laid over it; returns (model, report)."""
-    from streamtune.models import model_class
-
     path = start_point(cfg)
     base, ckpt = _base_config(path)
     overlay = recipe_model_section(cfg)
@@ -225,11 +163,23 @@ def rebuild_loss(model) -> None:
         model.joint.set_loss(model.loss)
 
 
+def _pieces(sp) -> list[tuple[str, float]]:
+    return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+
+
 def change_tokenizer(model, tokenizer_dir: str) -> str:
+    """Switch the model to the tokenizer in ``tokenizer_dir`` unless it already has that one (same pieces and
+    scores): a recipe naming the model's own tokenizer fine-tunes it as it is."""
+    import sentencepiece as spm
+
     tok = Path(tokenizer_dir)
     if not (tok / "tokenizer.model").is_file():
         raise UserError(f"model.tokenizer_dir '{tok}' has no tokenizer.model; "
                         "build one with `python -m data_prep tokenizer`")
+    current = getattr(model.tokenizer, "tokenizer", None)
+    if isinstance(current, spm.SentencePieceProcessor) and \
+            _pieces(current) == _pieces(spm.SentencePieceProcessor(model_file=str(tok / "tokenizer.model"))):
+        return f"model.tokenizer_dir {tok}: the start point's own tokenizer, kept"
     old = model.tokenizer.vocab_size
     model.change_vocabulary(new_tokenizer_dir=str(tok), new_tokenizer_type="bpe")
     rebuild_loss(model)  # change_vocabulary resets the loss (FastEmit, loss type) to defaults

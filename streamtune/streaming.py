@@ -27,15 +27,26 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from streamtune.models import ChunkMode
+from streamtune.chunks import ChunkMode, att_context
 
 FEEDINGS = ("exact", "export")
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One streaming step: its index in the batch, the streams it served, and its wall time split into the
+    encoder step (caches in and out) and the greedy RNN-T decoding of the step's frames."""
+
+    step: int
+    streams: int
+    encoder_s: float
+    decoder_s: float
 
 
 @dataclass
@@ -57,20 +68,6 @@ class DecodeResult:
     emit_s: list[list[float]] | None = None
 
 
-@contextmanager
-def att_context(model, mode: ChunkMode):
-    """Run the encoder in ``mode`` and restore its default afterwards."""
-    enc = model.encoder
-    previous = list(enc.att_context_size)
-    enc.set_default_att_context_size(mode.att_context)
-    enc.setup_streaming_params()
-    try:
-        yield enc
-    finally:
-        enc.set_default_att_context_size(previous)
-        enc.setup_streaming_params()
-
-
 class StreamingRunner:
     """Decode utterances offline or cache-aware streaming with a NeMo RNN-T model.
 
@@ -78,14 +75,15 @@ class StreamingRunner:
     streaming mode); results do not depend on it.
     """
 
-    def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu", zero_fill_pre_cache: bool = False,
+    def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu",
+                 zero_fill_pre_cache: bool = False,
                  feeding: str = "exact"):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if feeding not in FEEDINGS:
             raise ValueError(f"feeding must be one of {FEEDINGS}")
         # "exact": windows clipped at the utterance start (streaming == offline). "export": what an exported
-        # encoder with a fixed pre-encode cache does (see export/onnx.py): the audio starts with
+        # encoder with a fixed pre-encode cache does (see export/onnx_decoder.py): the audio starts with
         # `silence_frames()` frames of digital silence, every window is cache + chunk frames, and the graph
         # drops its fixed `drop_extra_pre_encoded` frames each step.
         self.feeding = feeding
@@ -143,7 +141,8 @@ class StreamingRunner:
         for start in range(0, n, self.batch_size):
             yield list(range(start, min(n, start + self.batch_size)))
 
-    def _texts(self, tokens: list[list[int]]) -> list[str]:
+    def texts(self, tokens: list[list[int]]) -> list[str]:
+        """Token ids -> text, per utterance."""
         return [self.model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
 
     @staticmethod
@@ -167,11 +166,17 @@ class StreamingRunner:
                     tokens[i] = self._token_list(hyps[j])
                     if keep_encoded:
                         encoded_out[i] = encoded[j, :, : int(enc_len[j])].T.cpu()
-        return DecodeResult(tokens, self._texts(tokens), encoded_out if keep_encoded else None)
+        return DecodeResult(tokens, self.texts(tokens), encoded_out if keep_encoded else None)
 
     # ----- streaming -------------------------------------------------------------------------
     @torch.no_grad()
-    def streaming(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False) -> DecodeResult:
+    def streaming(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False,
+                  on_step: Callable[[StepTiming], bool | None] | None = None) -> DecodeResult:
+        """Decode ``feats`` chunk by chunk, ``batch_size`` utterances at a time as concurrent streams.
+
+        ``on_step`` is called after every step (encoder step + greedy RNN-T for all streams of the batch) with its
+        :class:`StepTiming`; returning True ends that batch early (benchmarks time the real loop through it).
+        """
         tokens: list[list[int]] = [[] for _ in feats]
         emit_s: list[list[float]] = [[] for _ in feats]
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
@@ -180,7 +185,8 @@ class StreamingRunner:
             for idx in self._batches(len(feats)):
                 # Longest first, so the streams still running are always a prefix of the batch.
                 idx = sorted(idx, key=lambda i: -feats[i].shape[1])
-                toks, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded)
+                toks, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded,
+                                                                       on_step)
                 out.steps.append(len(times))
                 out.step_times.extend(times)
                 out.step_streams.extend(streams)
@@ -188,7 +194,7 @@ class StreamingRunner:
                     tokens[i], emit_s[i] = toks[j], emits[j]
                     if keep_encoded:
                         encoded_out[i] = encs[j]
-        out.texts = self._texts(tokens)
+        out.texts = self.texts(tokens)
         out.encoded = encoded_out if keep_encoded else None
         return out
 
@@ -196,7 +202,7 @@ class StreamingRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool):
+    def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool, on_step=None):
         cfg = enc.streaming_cfg
         first_chunk, chunk = cfg.chunk_size
         pre_cache = cfg.pre_encode_cache_size[1]
@@ -248,6 +254,9 @@ class StreamingRunner:
                 keep_all_outputs=True,
                 drop_extra_pre_encoded=drop,
             )
+            if on_step is not None:
+                self._sync()  # only to split the step's time for the hook
+            encoded_at = time.perf_counter()
             # Streams are independent: a finished stream simply leaves the batch (the prefix shrinks).
             cache_channel[:, :n] = next_channel
             cache_time[:, :n] = next_time
@@ -260,8 +269,10 @@ class StreamingRunner:
             )
             hyps[:n] = new_hyps
             self._sync()
-            times.append(time.perf_counter() - began)
+            ended = time.perf_counter()
+            times.append(ended - began)
             streams.append(n)
+            stop = on_step is not None and on_step(StepTiming(step, n, encoded_at - began, ended - encoded_at))
             for j in range(n):
                 # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
                 new = len(hyps[j].y_sequence) - len(emits[j])
@@ -271,6 +282,8 @@ class StreamingRunner:
                     pieces[j].append(encoded[j, :, : int(enc_len[j])].T.cpu())
             start = end
             step += 1
+            if stop:
+                break
         tokens = [self._token_list(h) if h is not None else [] for h in hyps]
         encoded_full = [torch.cat(p) if p else torch.zeros(0) for p in pieces] if keep_encoded else None
         return tokens, emits, encoded_full, times, streams

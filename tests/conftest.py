@@ -12,35 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from streamtune.geometry import TINY
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = REPO / "recipes" / "demo" / "tiny_cpu.yaml"
-
-# The demo geometry in miniature: same class, same four chunk modes, fewer/smaller layers.
-TINY_MODEL = [
-    "model.encoder.n_layers=1",
-    "model.encoder.d_model=32",
-    "model.encoder.n_heads=2",
-    "model.encoder.subsampling_conv_channels=16",
-    "model.model_defaults.pred_hidden=32",
-    "model.model_defaults.joint_hidden=32",
-    "model.preprocessor.features=40",
-]
-
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow (minutes each)")
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     skip_slow = pytest.mark.skip(reason="slow: pass --run-slow (or `make test-slow`) to run")
-    skip_gpu = pytest.mark.skip(reason="gpu: no CUDA device here")
     for item in items:
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
-        if "gpu" in item.keywords and not torch.cuda.is_available():
-            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,7 +64,7 @@ def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
         f"data.train={corpus / 'cuts_train.jsonl.gz'}",
         f"data.dev={corpus / 'cuts_dev.jsonl.gz'}",
         f"data.test={corpus / 'cuts_test.jsonl.gz'}",
-        f"data.tokenizer_dir={corpus / 'tokenizer'}",
+        f"model.tokenizer_dir={corpus / 'tokenizer'}",
         "data.num_workers=0",
         "data.batch_duration_s=20",
         f"run.output_dir={out}",
@@ -91,7 +76,7 @@ def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
         "eval.latency_streams=[1,2]",
         "eval.latency_audio_s=2",
         f"export.dist_dir={out / 'dist'}",
-        *TINY_MODEL,
+        *TINY,
     ]
 
 
@@ -127,7 +112,7 @@ def words_overrides(tmp_path_factory) -> list[str]:
     train_tokenizer([root / "cuts_train.jsonl.gz"], root / "tokenizer", vocab_size=24)
     return [
         f"data.train={root / 'cuts_train.jsonl.gz'}", f"data.dev={root / 'cuts_dev.jsonl.gz'}",
-        f"data.test={root / 'cuts_test.jsonl.gz'}", f"data.tokenizer_dir={root / 'tokenizer'}",
+        f"data.test={root / 'cuts_test.jsonl.gz'}", f"model.tokenizer_dir={root / 'tokenizer'}",
         "data.num_workers=0", "data.batch_duration_s=30", f"run.output_dir={root / 'runs'}", "run.name=tenwords",
         "trainer.max_steps=200", "trainer.val_check_interval=100", "trainer.enable_progress_bar=false",
         "model.optim.sched.warmup_steps=30", "eval.batch_size=4", "eval.latency_streams=[1]",

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DEMO_RECIPE, REPO, TINY_MODEL
+from streamtune.geometry import TINY
+from tests.conftest import DEMO_RECIPE, REPO
 
 NEMOTRON = REPO / "recipes" / "nemotron"
 CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
@@ -40,7 +41,7 @@ def _base(corpus, tokenizer: Path, out: Path, target: str | None = None) -> Path
     from streamtune.config import load_config
     from streamtune.models import build_model
 
-    overrides = [*TINY_MODEL, "model.preprocessor.features=128", f"data.tokenizer_dir={tokenizer}",
+    overrides = [*TINY, "model.preprocessor.features=128", f"model.tokenizer_dir={tokenizer}",
                  f"data.train={corpus / 'cuts_train.jsonl.gz'}", "data.dev=null", "model.loss.loss_name=default",
                  "+model.loss.warprnnt_numba_kwargs.fastemit_lambda=0.001"]
     if target:
@@ -141,7 +142,8 @@ def test_new_tokenizer_changes_vocabulary_and_keeps_fastemit(base_nemo, corpus, 
 
 
 def test_hybrid_and_checkpoint_start_points(corpus, cased_tokenizer, trained_run, tmp_path):
-    from streamtune.models import chunk_modes, load_model
+    from streamtune.chunks import chunk_modes
+    from streamtune.models import load_model
 
     hybrid = _base(corpus, cased_tokenizer, tmp_path / "hybrid.nemo",
                    target="nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel")
@@ -162,8 +164,9 @@ def test_frozen_encoder_is_bitwise_unchanged(base_nemo, corpus, tmp_path):
 
 
 def test_adapters_train_alone_and_stream_like_offline(base_nemo, corpus, tmp_path):
+    from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
-    from streamtune.models import chunk_modes, load_model
+    from streamtune.models import load_model
     from streamtune.streaming import StreamingRunner
 
     run = finetune("adapters.yaml", base_nemo, corpus, tmp_path, "finetune.adapter_dim=8")
@@ -270,7 +273,7 @@ def test_context_probs_sum_to_exactly_one_as_nemo_checks():
     """NeMo rejects att_context_probs unless the *plain* float sum is exactly 1; [4,3,2,1]/10 alone is not."""
     import random
 
-    from streamtune.finetune import normalise_probs
+    from streamtune.model_config import normalise_probs
 
     assert sum(w / 10 for w in [4, 3, 2, 1]) != 1.0
     rng = random.Random(0)

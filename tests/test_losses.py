@@ -153,10 +153,11 @@ def test_registered_by_name_in_nemo_and_errors_on_unknown_kwargs():
 def test_portable_config_restores_in_plain_nemo(tmp_path, corpus):
     """A .nemo trained with loss_name streamtune restores in a process where streamtune never ran."""
     from streamtune.config import load_config
+    from streamtune.geometry import TINY
     from streamtune.models import build_model, save_model
-    from tests.conftest import DEMO_RECIPE, TINY_MODEL
+    from tests.conftest import DEMO_RECIPE
 
-    cfg = load_config(DEMO_RECIPE, [*TINY_MODEL, f"data.tokenizer_dir={corpus / 'tokenizer'}", "data.dev=null",
+    cfg = load_config(DEMO_RECIPE, [*TINY, f"model.tokenizer_dir={corpus / 'tokenizer'}", "data.dev=null",
                                      f"data.train={corpus / 'cuts_train.jsonl.gz'}", "model.loss.loss_name=streamtune",
                                      "+model.loss.streamtune_kwargs.fastemit_lambda=0.004"])
     model = build_model(cfg, log=lambda _: None)
