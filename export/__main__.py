@@ -55,7 +55,7 @@ def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
 def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
     import shutil
 
-    from export.onnx import check_onnx, onnx_summary
+    from export.onnx_check import check_onnx, onnx_summary
     from export.parity import write_verdict
 
     shutil.rmtree(bundle / "onnx", ignore_errors=True)
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         raise UserError(f"`python -m export {args.step}` needs --model (a local .nemo file)")
 
-    from streamtune.models import load_model, select_modes
+    from streamtune.chunks import select_modes
+    from streamtune.models import load_model
     from streamtune.runtime import setup_runtime
 
     setup_runtime(cfg)

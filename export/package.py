@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 
 def write_tokenizer(model, out_dir: Path) -> list[Path]:
     """The model's own SentencePiece model (not the recipe's dir: the .nemo is authoritative) and tokens.txt."""
-    from export.onnx import write_tokens
+    from export.onnx_export import write_tokens
 
     out_dir.mkdir(parents=True, exist_ok=True)
     spm = model.tokenizer.tokenizer
@@ -73,18 +73,18 @@ def write_sample(model, utt, bundle: Path, modes) -> Path:
     """One parity utterance + the tokens each exported mode must give for it (checked again by verify)."""
     import soundfile as sf
 
-    from export.onnx import OrtStreamingDecoder
+    from export.onnx_decoder import OrtStreamingDecoder
     from streamtune.streaming import StreamingRunner
 
     out = bundle / "sample"
     out.mkdir(parents=True, exist_ok=True)
     sf.write(out / "sample.wav", utt.audio, 16000, subtype="FLOAT")  # float: the exact samples decoded below
     audio, _ = sf.read(out / "sample.wav", dtype="float32")
-    fed = StreamingRunner(model, batch_size=1, feeding="export")
-    feats = fed.features(audio)
+    export_fed = StreamingRunner(model, batch_size=1, feeding="export")
+    feats = export_fed.features(audio)
     expected = {"id": utt.id, "text": utt.text, "modes": {}}
     for mode in modes:
-        torch_tokens = fed.streaming(mode, [feats]).tokens[0]
+        torch_tokens = export_fed.streaming(mode, [feats]).tokens[0]
         for suffix in ("", "-int8"):
             mode_dir = bundle / "onnx" / f"{mode.chunk_ms}ms{suffix}"
             if mode_dir.exists():
@@ -122,7 +122,8 @@ def _data_summary(cfg) -> str:
 def _wer_section(results: dict | None) -> str:
     if not results:
         return "No evaluate.py results were found (set `export.results` or run `python evaluate.py` first)."
-    from streamtune.evaluation import RESULTS_SCHEMA_VERSION, ModeResult, wer_tables
+    from streamtune.evaluation import ModeResult
+    from streamtune.reports import RESULTS_SCHEMA_VERSION, wer_tables
 
     if results.get("schema_version") != RESULTS_SCHEMA_VERSION:
         return (f"The results.json found has schema version {results.get('schema_version')}, not "
@@ -136,13 +137,14 @@ def _wer_section(results: dict | None) -> str:
         for d in comp["deltas"]:
             if d["decode"] == "streaming":
                 lines.append(f"| {d['model']} | {d['test_set']} | {d['chunk_ms']} ms | {100 * d['baseline_wer']:.2f} % "
-                             f"| {100 * d['wer']:.2f} % | {d['delta_points']:+.2f}{' REGRESSION' if d['regression'] else ''} |")
+                             f"| {100 * d['wer']:.2f} % | {d['delta_points']:+.2f}"
+                             f"{' REGRESSION' if d['regression'] else ''} |")
     lines += ["", "WER after the Whisper English normaliser; streaming is cache-aware, chunk by chunk."]
     return "\n".join(lines)
 
 
 def model_card(name: str, cfg, model_path: Path, parity: dict, onnx_report: dict, results: dict | None) -> str:
-    from export.onnx import onnx_summary
+    from export.onnx_check import onnx_summary
     from export.parity import parity_summary
 
     run_dir = model_path.resolve().parent
@@ -216,7 +218,7 @@ def package(model, model_path: Path, bundle: Path, cfg, modes, sample_utt) -> Pa
     shutil.rmtree(bundle / "sample", ignore_errors=True)
     shutil.copyfile(model_path, bundle / "model.nemo")
     write_tokenizer(model, bundle / "tokenizer")
-    results_path = Path(cfg.export.results) if cfg.export.results else model_path.resolve().parent / "eval" / "results.json"
+    results_path = Path(cfg.export.results or model_path.resolve().parent / "eval" / "results.json")
     results = None
     if results_path.exists():
         shutil.copyfile(results_path, bundle / "results.json")

@@ -17,8 +17,8 @@ import math
 import time
 from pathlib import Path
 
+from streamtune.chunks import ChunkMode
 from streamtune.data import Utterance
-from streamtune.models import ChunkMode
 from streamtune.streaming import StreamingRunner
 
 PARITY_SCHEMA_VERSION = 1
@@ -108,6 +108,11 @@ def write_verdict(path: Path, payload: dict, model_path: str | Path) -> Path:
     return path
 
 
+def tokens_cell(mismatched: list) -> str:
+    """A report cell: 'yes' when no utterance's tokens differ, else how many do."""
+    return "yes" if not mismatched else f"NO: {len(mismatched)}"
+
+
 def parity_summary(payload: dict) -> str:
     lines = ["| chunk | tokens identical | encoder max abs diff | NeMo zero-filled cache: max diff / utts differing |",
              "|---|---|---|---|"]
@@ -117,7 +122,7 @@ def parity_summary(payload: dict) -> str:
             continue
         z = m["nemo_zero_filled_pre_cache"]
         lines.append(
-            f"| {m['chunk_ms']} ms | {'yes' if not m['token_mismatched_utts'] else 'NO: ' + str(len(m['token_mismatched_utts']))} "
+            f"| {m['chunk_ms']} ms | {tokens_cell(m['token_mismatched_utts'])} "
             f"| {m['encoder_max_abs_diff']:.2e} | {z['encoder_max_abs_diff']:.2e} / {len(z['token_mismatched_utts'])} |"
         )
     return "\n".join(lines)

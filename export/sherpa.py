@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.onnx_export import read_metadata
+
 SAMPLE_RATE = 16000
 HOP = 160
 
@@ -30,8 +32,6 @@ def padding_samples(pre_cache: int, subsampling: int, chunk_shift: int) -> tuple
 
 
 def _metadata(mode_dir: Path) -> dict[str, str]:
-    from export.onnx import read_metadata
-
     return read_metadata(mode_dir / "encoder.onnx")
 
 

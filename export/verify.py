@@ -49,8 +49,9 @@ def check_files(bundle: Path) -> dict:
 def check_decodes(bundle: Path) -> list[str]:
     import soundfile as sf
 
-    from export.onnx import OrtStreamingDecoder
-    from streamtune.models import chunk_modes, load_model
+    from export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.chunks import chunk_modes
+    from streamtune.models import load_model
     from streamtune.streaming import StreamingRunner
 
     expected = json.loads((bundle / "sample" / "expected.json").read_text())["modes"]

@@ -1,0 +1,87 @@
+"""Our ONNX Runtime streaming decoder over the exported encoder / decoder / joiner (greedy RNN-T).
+
+How an exported encoder is fed ("export" feeding, shared with ``StreamingRunner(feeding="export")``):
+the audio is preceded by ``pre_encode_cache`` hops of digital silence, every step takes a fixed window
+of cache + chunk mel frames advancing by one chunk, and the graph drops its fixed
+``drop_extra_pre_encoded`` (2) subsampled frames. That differs from our exact PyTorch streaming in the
+first step (which clips at the utterance start; the graph cannot), so ONNX is compared with PyTorch
+streaming fed the same way (``onnx_check``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class OrtStreamingDecoder:
+    """Greedy RNN-T over the exported encoder / decoder / joiner, chunk by chunk, one stream at a time.
+
+    ``decode(feats)`` takes export-fed features (``StreamingRunner(feeding="export").features``) and runs
+    exactly the windows ``StreamingRunner(feeding="export")`` runs; ``max_symbols`` per frame as NeMo's
+    greedy decoding (``decoding.greedy.max_symbols``).
+    """
+
+    def __init__(self, mode_dir: str | Path, max_symbols: int = 10, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        mode_dir = Path(mode_dir)
+        self.encoder = ort.InferenceSession(str(mode_dir / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(mode_dir / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.joiner = ort.InferenceSession(str(mode_dir / "joiner.onnx"), opts, providers=["CPUExecutionProvider"])
+        meta = self.encoder.get_modelmeta().custom_metadata_map
+        self.window = int(meta["window_size"])
+        self.shift = int(meta["chunk_shift"])
+        self.pre_cache = int(meta["pre_encode_cache_size"])
+        self.vocab_size = int(meta["vocab_size"])
+        self.blank = self.vocab_size
+        self.cache_channel = (1, int(meta["cache_last_channel_dim1"]), int(meta["cache_last_channel_dim2"]),
+                              int(meta["cache_last_channel_dim3"]))
+        self.cache_time = (1, int(meta["cache_last_time_dim1"]), int(meta["cache_last_time_dim2"]),
+                           int(meta["cache_last_time_dim3"]))
+        self.pred_layers, self.pred_hidden = int(meta["pred_rnn_layers"]), int(meta["pred_hidden"])
+        self.max_symbols = max_symbols
+        self._enc_in = [i.name for i in self.encoder.get_inputs()]
+        self._dec_in = [i.name for i in self.decoder.get_inputs()]
+        self._join_in = [i.name for i in self.joiner.get_inputs()]
+
+    def _predict(self, token: int, states):
+        out = self.decoder.run(None, dict(zip(self._dec_in, [
+            np.array([[token]], dtype=np.int32), np.array([1], dtype=np.int32), *states])))
+        return out[0], (out[2], out[3])  # [1, H, 1], new (h, c)
+
+    def decode(self, feats: np.ndarray, keep_encoded: bool = False):
+        """``feats``: [F, T] float32, silence-padded. Returns (tokens, encoder output [T', D] or None)."""
+        channel = np.zeros(self.cache_channel, dtype=np.float32)
+        time_ = np.zeros(self.cache_time, dtype=np.float32)
+        channel_len = np.zeros(1, dtype=np.int64)
+        states = (np.zeros((self.pred_layers, 1, self.pred_hidden), dtype=np.float32),) * 2
+        dec_out, states = self._predict(self.blank, states)  # blank as start-of-sequence (blank_as_pad)
+        tokens, pieces = [], []
+        total = feats.shape[1]
+        start = self.pre_cache
+        while start < total:
+            window = feats[:, start - self.pre_cache: start + self.shift]
+            outs = self.encoder.run(None, dict(zip(self._enc_in, [
+                window[None].astype(np.float32), np.array([window.shape[1]], dtype=np.int64),
+                channel, time_, channel_len])))
+            encoded, enc_len, channel, time_, channel_len = outs
+            n_frames = int(enc_len[0])
+            if keep_encoded:
+                pieces.append(encoded[0, :, :n_frames].T)
+            for t in range(n_frames):
+                frame = encoded[:, :, t: t + 1]
+                for _ in range(self.max_symbols):
+                    logits = self.joiner.run(None, dict(zip(self._join_in, [frame, dec_out])))[0]
+                    k = int(np.argmax(logits.reshape(-1)[: self.vocab_size + 1]))
+                    if k == self.blank:
+                        break
+                    tokens.append(k)
+                    dec_out, states = self._predict(k, states)
+            start += self.shift
+        encoded_all = np.concatenate(pieces) if keep_encoded and pieces else None
+        return tokens, encoded_all
