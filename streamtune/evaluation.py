@@ -1,41 +1,32 @@
-"""Evaluation: every model x test set x chunk mode x decode type, compared, timed, reported.
+"""Decoding and scoring: every model x test set x chunk mode x decode (streaming / offline).
 
-``evaluate.py`` is the command line; this module does the work:
+* :func:`evaluate_models` is what ``evaluate.py`` runs: each model loaded in turn, every test set decoded in
+  every chunk mode both ways (:func:`evaluate_model`), and the per-step latency sweep (``streamtune.latency``);
+* :func:`evaluate_model` streams a test set batch by batch and scores WER (Whisper-normalised, the headline),
+  PnC WER and CER per test set and over all of them (:mod:`streamtune.metrics`), writing every hypothesis;
+* :class:`EmissionDelays` measures, where the references carry word timings, how long after a word ends its
+  first and last token come out of the stream.
 
-* :func:`evaluate_model` decodes every test set in every chunk mode, ``streaming``
-  (cache-aware, chunk by chunk, utterances as concurrent streams) and
-  ``offline``, and scores WER (Whisper-normalised, the headline), PnC WER and
-  CER per test set and over all of them (:mod:`streamtune.metrics`);
-* :func:`emission_delays` measures, where the references carry word timings,
-  how long after a word ends its first and last token come out of the stream;
-* :func:`step_latency` times one streaming step (encoder + greedy RNN-T for all
-  streams) at several numbers of concurrent streams;
-* :func:`compare` and :func:`gate` turn baseline-vs-candidate deltas into flags
-  and a verdict; :func:`write_reports` writes ``results.json`` (checked against
-  ``results.schema.json``), ``results.md``, ``hyps.jsonl`` and the plots.
+Comparison and gates are in ``streamtune.gates``; what is written and printed, in ``streamtune.reports``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-import torch
-
-from streamtune.data import Utterance
+from streamtune.chunks import ChunkMode
+from streamtune.data import Utterance, load_utterances, utterance_batches
 from streamtune.errors import UserError
 from streamtune.metrics import Scores, align, corpus_scores
-from streamtune.models import ChunkMode
+from streamtune.stats import percentile
 from streamtune.streaming import DecodeResult, StreamingRunner
 from streamtune.text import normalise_text
 
-DECODE_MODES = ("streaming", "offline")
-RESULTS_SCHEMA_VERSION = 2
-SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+DECODES = ("streaming", "offline")
 ALL = "all"  # the test-set name of the pooled scores
 
 
@@ -48,7 +39,7 @@ class ModelSpec:
 
 @dataclass
 class ModeResult:
-    """Scores of one model on one test set (or ``all``) in one chunk mode and decode type."""
+    """Scores of one model on one test set (or ``all``) in one chunk mode and decode."""
 
     model: str
     test_set: str
@@ -76,10 +67,6 @@ class ModeResult:
     step_ms_p95: float | None
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
 def _result(model: str, test_set: str, mode: ChunkMode, decode: str, total: Scores, utts: int, audio_s: float,
             decode_s: float, streams: int, step_s: list[float]) -> ModeResult:
     return ModeResult(
@@ -91,8 +78,8 @@ def _result(model: str, test_set: str, mode: ChunkMode, decode: str, total: Scor
         char_errors=total.chars.errors, ref_chars=total.chars.ref_words,
         utts=utts, audio_s=audio_s, decode_s=decode_s, rtfx=audio_s / decode_s if decode_s > 0 else float("inf"),
         streams=streams,
-        step_ms_p50=None if not step_s else 1000 * _pct(step_s, 50),
-        step_ms_p95=None if not step_s else 1000 * _pct(step_s, 95),
+        step_ms_p50=None if not step_s else 1000 * percentile(step_s, 50),
+        step_ms_p95=None if not step_s else 1000 * percentile(step_s, 95),
     )
 
 
@@ -154,10 +141,10 @@ class EmissionDelays:
             "utts_with_timings": self.timed,
             "aligned_words": len(first),
             "correct_words": self.matched,
-            "first_token_ms_p50": None if not first else 1000 * _pct(first, 50),
-            "first_token_ms_p95": None if not first else 1000 * _pct(first, 95),
-            "final_token_ms_p50": None if not final else 1000 * _pct(final, 50),
-            "final_token_ms_p95": None if not final else 1000 * _pct(final, 95),
+            "first_token_ms_p50": None if not first else 1000 * percentile(first, 50),
+            "first_token_ms_p95": None if not first else 1000 * percentile(first, 95),
+            "final_token_ms_p50": None if not final else 1000 * percentile(final, 50),
+            "final_token_ms_p95": None if not final else 1000 * percentile(final, 95),
         }
 
 
@@ -211,11 +198,9 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
     grow with the number of utterances. Returns (results, streaming-vs-offline entries, emission-delay rows,
     per-set statistics ``{name: {"utts", "audio_s", "word_timings"}}``).
     """
-    from streamtune.data import utterance_batches
-
-    bad = [d for d in decodes if d not in DECODE_MODES]
+    bad = [d for d in decodes if d not in DECODES]
     if bad:
-        raise UserError(f"eval.modes has {bad}; choose from {list(DECODE_MODES)}")
+        raise UserError(f"eval.decodes has {bad}; choose from {list(DECODES)}")
     keys = [(mode, decode) for mode in modes for decode in decodes]
     pooled = {key: _Tally() for key in keys}
     results, equal, emissions, stats = [], [], [], {}
@@ -264,266 +249,43 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
     return results, equal, emissions, stats
 
 
-# ----- latency ----------------------------------------------------------------------------------------
-def step_latency(model, mode: ChunkMode, utts: list[Utterance], streams: list[int], audio_s: float,
-                 device: str | torch.device = "cpu") -> list[dict]:
-    """Per-step compute at each number of concurrent streams (every stream ``audio_s`` long, all full steps).
+@dataclass
+class Evaluation:
+    """Everything :func:`evaluate_models` measured, for ``streamtune.reports.build_payload``."""
 
-    The streams are different slices of the test audio laid end to end, so no two streams are identical.
-    """
-    rate = 16000
-    pool = np.concatenate([u.audio for u in utts])
-    need = int(audio_s * rate)
-    while len(pool) < need * 2:
-        pool = np.concatenate([pool, pool])
-    warm = StreamingRunner(model, batch_size=1, device=device)
-    warm.streaming(mode, [warm.features(pool[: rate])])  # first-call costs (allocations, kernels) out of the way
-    rows = []
-    for n in streams:
-        runner = StreamingRunner(model, batch_size=n, device=device)
-        offsets = np.linspace(0, len(pool) - need, n).astype(int) if n > 1 else [0]
-        feats = [runner.features(pool[o: o + need]) for o in offsets]
-        out = runner.streaming(mode, feats)
-        full = [t for t, k in zip(out.step_times, out.step_streams) if k == n]
-        p50, p95 = 1000 * _pct(full, 50), 1000 * _pct(full, 95)
-        rows.append({"chunk_ms": mode.chunk_ms, "streams": n, "steps": len(full),
-                     "step_ms_p50": p50, "step_ms_p95": p95,
-                     "realtime": p95 <= mode.chunk_ms,  # every chunk's compute done before the next chunk arrives
-                     "rtfx": n * audio_s / sum(out.step_times)})
-    return rows
+    results: list[ModeResult] = field(default_factory=list)
+    streaming_equals_offline: list[dict] = field(default_factory=list)
+    emission_delay: list[dict] = field(default_factory=list)
+    latency: list[dict] = field(default_factory=list)
+    chunk_ms: list[int] = field(default_factory=list)
+    test_sets: dict = field(default_factory=dict)  # name -> {"utts", "audio_s", "word_timings"}
 
 
-def algorithmic_latency(mode: ChunkMode) -> dict:
-    """What waiting for audio costs, before any compute: a chunk's first frame waits for the whole chunk."""
-    return {"chunk_ms": mode.chunk_ms, "att_context": mode.att_context,
-            "lookahead_ms": mode.right * mode.frame_ms, "algorithmic_latency_ms": mode.chunk_ms}
+def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg, hyps: TextIO,
+                    device: str = "cpu") -> Evaluation:
+    """Each model in turn (loaded, decoded, dropped): every set, chunk mode and decode, and the latency sweep
+    on slices of the first set's first utterances."""
+    from streamtune.chunks import select_modes
+    from streamtune.latency import algorithmic_latency, step_latency
+    from streamtune.models import load_model
 
-
-# ----- comparison and gates ---------------------------------------------------------------------------
-def compare(results: list[ModeResult], baseline: str, tolerance: float) -> list[dict]:
-    """Each candidate vs the baseline, per test set, chunk size and decode; ``tolerance`` in WER points (%)."""
-    base = {(r.test_set, r.chunk_ms, r.decode): r for r in results if r.model == baseline}
-    deltas = []
-    for r in results:
-        b = base.get((r.test_set, r.chunk_ms, r.decode))
-        if r.model == baseline or b is None:
-            continue
-        delta = 100 * (r.wer - b.wer)
-        deltas.append({"model": r.model, "test_set": r.test_set, "chunk_ms": r.chunk_ms, "decode": r.decode,
-                       "baseline_wer": b.wer, "wer": r.wer, "delta_points": delta,
-                       "relative": (r.wer - b.wer) / b.wer if b.wer > 0 else None,
-                       "regression": delta > tolerance})
-    return deltas
-
-
-def gate(results: list[ModeResult], deltas: list[dict], models: list[ModelSpec], max_wer: float | None,
-         max_regression: float | None) -> dict:
-    """Streaming WER of every candidate (every model when there is no baseline), per test set and chunk size.
-
-    ``max_wer`` / ``max_regression`` are in WER points (%); the pooled ``all`` rows are not gated twice.
-    """
-    gated = {m.label for m in models if m.role == "candidate"}
-    failures = []
-    if max_wer is not None:
-        for r in results:
-            if r.model in gated and r.decode == "streaming" and r.test_set != ALL and 100 * r.wer > max_wer:
-                failures.append(f"{r.model} on {r.test_set} at {r.chunk_ms} ms: streaming WER {100 * r.wer:.2f} % "
-                                f"> --max-wer {max_wer:g} %")
-    if max_regression is not None:
-        for d in deltas:
-            if d["decode"] == "streaming" and d["test_set"] != ALL and d["delta_points"] > max_regression:
-                failures.append(f"{d['model']} on {d['test_set']} at {d['chunk_ms']} ms: streaming WER "
-                                f"{100 * d['baseline_wer']:.2f} -> {100 * d['wer']:.2f} % "
-                                f"(+{d['delta_points']:.2f} points > --max-regression {max_regression:g})")
-    return {"max_wer": max_wer, "max_regression": max_regression, "passed": not failures, "failures": failures}
-
-
-# ----- reports ----------------------------------------------------------------------------------------
-def _fmt(x: float | None, pct: bool = True, digits: int = 2) -> str:
-    if x is None:
-        return "-"
-    return f"{100 * x:.{digits}f} %" if pct else f"{x:.{digits}f}"
-
-
-def wer_tables(results: list[ModeResult], models: list[str]) -> str:
-    """Per test set: a row per chunk size, a column group per model (streaming / offline WER)."""
-    out = []
-    by = {(r.model, r.test_set, r.chunk_ms, r.decode): r for r in results}
-    test_sets = list(dict.fromkeys(r.test_set for r in results))
-    for ts in test_sets:
-        chunks = sorted({r.chunk_ms for r in results if r.test_set == ts}, reverse=True)
-        head = "| chunk | " + " | ".join(f"{m} streaming | {m} offline | {m} PnC WER | {m} CER" for m in models) + " |"
-        out += [f"**{ts}**", "", head, "|" + "---|" * (1 + 4 * len(models))]
-        for ms in chunks:
-            cells = []
-            for m in models:
-                s, o = by.get((m, ts, ms, "streaming")), by.get((m, ts, ms, "offline"))
-                cells += [_fmt(s.wer if s else None), _fmt(o.wer if o else None),
-                          _fmt(s.wer_pnc if s else None), _fmt(s.cer if s else None)]
-            out.append(f"| {ms} ms | " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
-
-
-def results_markdown(payload: dict) -> str:
-    models = [m["label"] for m in payload["models"]]
-    results = [ModeResult(**r) for r in payload["results"]]
-    md = ["# Evaluation", "",
-          "Models: " + ", ".join(f"`{m['label']}` ({m['role']}, `{m['path']}`)" for m in payload["models"]), "",
-          "Test sets: " + ", ".join(f"`{t['name']}` ({t['utts']} utterances, {t['audio_s']:.1f} s)"
-                                    for t in payload["test_sets"]), "",
-          "WER: Whisper English normaliser (Open ASR leaderboard). PnC WER keeps case and punctuation. "
-          "Streaming is cache-aware, chunk by chunk, "
-          f"{payload['settings']['batch_size']} utterances as concurrent streams; offline is the whole utterance "
-          "with the same attention context.", "",
-          wer_tables(results, models)]
-    if payload.get("comparison"):
-        comp = payload["comparison"]
-        md += [f"## Against the baseline `{comp['baseline']}`", "",
-               f"Regression flag: WER up by more than {comp['tolerance_points']:g} points.", "",
-               "| model | test set | chunk | decode | baseline | model | delta | relative | |",
-               "|---|---|---|---|---|---|---|---|---|"]
-        for d in comp["deltas"]:
-            rel = "-" if d["relative"] is None else f"{100 * d['relative']:+.1f} %"
-            md.append(f"| {d['model']} | {d['test_set']} | {d['chunk_ms']} ms | {d['decode']} | "
-                      f"{_fmt(d['baseline_wer'])} | {_fmt(d['wer'])} | {d['delta_points']:+.2f} | {rel} | "
-                      f"{'REGRESSION' if d['regression'] else ''} |")
-        md.append("")
-    md += ["## Latency and throughput", "",
-           "Decoding the test sets (features excluded), RTFx = seconds of audio per second of compute, "
-           f"{payload['settings']['batch_size']} utterances at a time:", "",
-           "| model | test set | chunk | streaming RTFx | offline RTFx | streaming step p50 | p95 |",
-           "|---|---|---|---|---|---|---|"]
-    by = {(r.model, r.test_set, r.chunk_ms, r.decode): r for r in results}
-    for (model, ts, ms, decode), r in by.items():
-        if decode == "streaming":
-            off = by.get((model, ts, ms, "offline"))
-            md.append(f"| {model} | {ts} | {ms} ms | {r.rtfx:.1f} | {f'{off.rtfx:.1f}' if off else '-'} | "
-                      f"{_fmt(r.step_ms_p50, pct=False, digits=1)} ms | {_fmt(r.step_ms_p95, pct=False, digits=1)} ms |")
-    md += ["",
-           "Per-step compute at a given number of concurrent streams "
-           f"({payload['settings']['latency_audio_s']:g} s of audio per stream):", "",
-           "Algorithmic latency: a chunk's first frame waits for the whole chunk (look-ahead is inside the chunk). "
-           "Step = encoder step + greedy RNN-T for all concurrent streams; real time when p95 <= chunk.", "",
-           "| model | chunk | algorithmic | streams | step p50 | step p95 | real time | RTFx |",
-           "|---|---|---|---|---|---|---|---|"]
-    for row in payload["latency"]:
-        md.append(f"| {row['model']} | {row['chunk_ms']} ms | {row['algorithmic_latency_ms']} ms | {row['streams']} | "
-                  f"{row['step_ms_p50']:.1f} ms | {row['step_ms_p95']:.1f} ms | {'yes' if row['realtime'] else 'no'} | "
-                  f"{row['rtfx']:.1f} |")
-    md.append("")
-    if payload["emission_delay"]:
-        md += ["Emission delay after the reference word ends (audio time at the end of the emitting chunk; "
-               "compute not included), over aligned words:", "",
-               "| model | test set | chunk | words | first token p50 | p95 | final token p50 | p95 |",
-               "|---|---|---|---|---|---|---|---|"]
-        for e in payload["emission_delay"]:
-            md.append(f"| {e['model']} | {e['test_set']} | {e['chunk_ms']} ms | {e['aligned_words']} | "
-                      + " | ".join(_fmt(e[k], pct=False, digits=0) for k in
-                                   ("first_token_ms_p50", "first_token_ms_p95", "final_token_ms_p50",
-                                    "final_token_ms_p95")) + " |")
-        md.append("")
-    g = payload["gates"]
-    md += ["## Gates", "", ("PASSED" if g["passed"] else "FAILED") + f" (max WER {g['max_wer']}, "
-           f"max regression {g['max_regression']} points)", *[f"* {f}" for f in g["failures"]], ""]
-    md += ["Plots: `wer_vs_chunk.png`, `step_compute_vs_streams.png`. Per-utterance hypotheses: `hyps.jsonl`.", ""]
-    return "\n".join(md)
-
-
-PLOT_DPI = 100
-WER_PLOT_SIZE = (5.0, 4.0)  # inches per test-set panel
-STEP_PLOT_SIZE = (7.0, 4.5)
-
-
-def plot_wer_vs_chunk(payload: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    test_sets = [t["name"] for t in payload["test_sets"]]
-    fig, axes = plt.subplots(1, len(test_sets), figsize=(WER_PLOT_SIZE[0] * len(test_sets), WER_PLOT_SIZE[1]),
-                             squeeze=False)
-    for ax, ts in zip(axes[0], test_sets):
-        for k, m in enumerate(payload["models"]):
-            for decode, style in (("streaming", "-o"), ("offline", "--x")):
-                pts = sorted((r["chunk_ms"], 100 * r["wer"]) for r in payload["results"]
-                             if r["model"] == m["label"] and r["test_set"] == ts and r["decode"] == decode)
-                if pts:
-                    ax.plot(*zip(*pts), style, color=f"C{k}", label=f"{m['label']} {decode}")
-        ax.set_xscale("log", base=2)
-        chunks = sorted({r["chunk_ms"] for r in payload["results"]})
-        ax.set_xticks(chunks, [str(c) for c in chunks])
-        ax.set_xlabel("chunk (ms)")
-        ax.set_ylabel("WER (%)")
-        ax.set_title(ts)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-
-
-def plot_step_compute(payload: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=STEP_PLOT_SIZE)
-    keys = list(dict.fromkeys((r["model"], r["chunk_ms"]) for r in payload["latency"]))
-    for k, (model, ms) in enumerate(keys):
-        pts = sorted((r["streams"], r["step_ms_p50"]) for r in payload["latency"]
-                     if r["model"] == model and r["chunk_ms"] == ms)
-        ax.plot(*zip(*pts), "-o", color=f"C{k}", label=f"{model} {ms} ms (p50)")
-        ax.axhline(ms, color=f"C{k}", ls=":", lw=1)
-    ax.set_xscale("log", base=2)
-    streams = sorted({r["streams"] for r in payload["latency"]})
-    ax.set_xticks(streams, [str(n) for n in streams])
-    ax.set_yscale("log")
-    ax.set_xlabel("concurrent streams")
-    ax.set_ylabel("compute per step (ms); dotted: real-time limit")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-
-
-def check_schema(payload: dict) -> None:
-    """Validate against results.schema.json when jsonschema is installed (it is in the dev extras)."""
-    try:
-        import jsonschema
-    except ImportError:
-        return
-    jsonschema.validate(payload, json.loads(SCHEMA_PATH.read_text()))
-
-
-def write_reports(out_dir: Path, payload: dict) -> None:
-    """results.json, results.md and the plots (hyps.jsonl is written while decoding)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_schema(payload)
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out_dir / "results.md").write_text(results_markdown(payload))
-    plot_wer_vs_chunk(payload, out_dir / "wer_vs_chunk.png")
-    plot_step_compute(payload, out_dir / "step_compute_vs_streams.png")
-
-
-def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict, results: list[ModeResult],
-                  equal: list[dict], emissions: list[dict], latency: list[dict], tolerance: float,
-                  max_wer: float | None, max_regression: float | None) -> dict:
-    baseline = next((m.label for m in models if m.role == "baseline"), None)
-    deltas = compare(results, baseline, tolerance) if baseline else []
-    return {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": settings,
-        "models": [asdict(m) for m in models],
-        "test_sets": test_sets,
-        "results": [asdict(r) for r in results],
-        "streaming_equals_offline": equal,
-        "latency": latency,
-        "emission_delay": emissions,
-        "comparison": {"baseline": baseline, "tolerance_points": tolerance, "deltas": deltas} if baseline else None,
-        "gates": gate(results, deltas, models, max_wer, max_regression),
-    }
+    out = Evaluation()
+    decodes = list(eval_cfg.decodes)
+    latency_utts = load_utterances(sets[0].cuts, max_audio_s=2 * float(eval_cfg.latency_audio_s))
+    for spec in specs:
+        model = load_model(spec.path, device=device)
+        modes = select_modes(model, list(eval_cfg.chunk_ms))
+        out.chunk_ms += [m.chunk_ms for m in modes if m.chunk_ms not in out.chunk_ms]
+        runner = StreamingRunner(model, batch_size=eval_cfg.batch_size, device=device)
+        print(f"[{spec.label}] decoding {len(sets)} test set(s) x {len(modes)} chunk modes x {decodes}", flush=True)
+        results, equal, emissions, out.test_sets = evaluate_model(runner, spec.label, sets, modes, decodes, hyps)
+        out.results += results
+        out.streaming_equals_offline += equal
+        out.emission_delay += emissions
+        if "streaming" in decodes:
+            for mode in modes:
+                for row in step_latency(model, mode, latency_utts, list(eval_cfg.latency_streams),
+                                        float(eval_cfg.latency_audio_s), device):
+                    out.latency.append({"model": spec.label, **algorithmic_latency(mode), **row})
+        del model, runner
+    return out

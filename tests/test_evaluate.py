@@ -46,7 +46,7 @@ def _evaluate(*args: str) -> int:
 
 
 def _schema():
-    from streamtune.evaluation import SCHEMA_PATH
+    from streamtune.reports import SCHEMA_PATH
 
     return json.loads(SCHEMA_PATH.read_text())
 
@@ -75,12 +75,13 @@ def test_every_model_test_set_and_chunk_mode_reported(trained_run, random_nemo, 
     import jsonschema
     from PIL import Image
 
-    from streamtune.evaluation import PLOT_DPI, STEP_PLOT_SIZE, WER_PLOT_SIZE
+    from streamtune.reports import PLOT_DPI, STEP_PLOT_SIZE, WER_PLOT_SIZE
 
     manifest, folder = _other_format_sets(corpus, tmp_path)
     out = tmp_path / "eval"
     rc = _evaluate("--model", f"tuned={trained_run / 'final.nemo'}", "--model", f"random={random_nemo}",
-                   "--cuts", str(corpus / "cuts_test.jsonl.gz"), "--cuts", f"timed={timed_corpus / 'cuts_test.jsonl.gz'}",
+                   "--cuts", str(corpus / "cuts_test.jsonl.gz"), "--cuts",
+                   f"timed={timed_corpus / 'cuts_test.jsonl.gz'}",
                    "--cuts", f"manifest={manifest}", "--cuts", str(folder), "--out", str(out), *tiny_overrides)
     assert rc == 0
     payload = json.loads((out / "results.json").read_text())
@@ -165,7 +166,7 @@ def test_results_identical_at_batch_sizes_1_3_and_8(random_nemo, corpus, timed_c
 
 def test_gates_exit_nonzero_when_crossed(trained_run, random_nemo, blank_nemo, corpus, tiny_overrides, tmp_path):
     cuts = str(corpus / "cuts_test.jsonl.gz")
-    quick = [*tiny_overrides, *FAST, "eval.chunk_ms=[560]", "eval.modes=[streaming]"]
+    quick = [*tiny_overrides, *FAST, "eval.chunk_ms=[560]", "eval.decodes=[streaming]"]
     # --max-wer: the 6-step model is far above 1 % WER; nowhere near 10000 %.
     assert _evaluate("--model", str(trained_run / "final.nemo"), "--cuts", cuts, "--out", str(tmp_path / "a"),
                      *quick, "--max-wer", "1") == 1
