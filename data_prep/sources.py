@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import glob
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from data_prep.validate import TARGET_RATE, Item, Rejected
 from streamtune.errors import UserError
@@ -68,7 +68,8 @@ def nemo_manifests(manifests: list[str], text_key: str = "text", language: str |
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    yield Rejected(origin, "invalid_utf8", f"{origin}: line is not UTF-8 ({err.reason}); re-encode the manifest")
+                    yield Rejected(origin, "invalid_utf8",
+                                   f"{origin}: line is not UTF-8 ({err.reason}); re-encode the manifest")
                     continue
                 if not line.strip():
                     continue
@@ -165,10 +166,12 @@ def nemo_tarred(manifests: list[str], tars: list[str], audio_out: Path, text_key
     tar_paths = {_shard_index(p): p for p in _expand(tars)}
     for shard in sorted(set(manifest_paths) | set(tar_paths), key=lambda s: (len(s), s)):
         if shard not in tar_paths:
-            yield Rejected(str(manifest_paths[shard]), "missing_tar", f"{manifest_paths[shard]}: no audio tar for shard {shard}")
+            yield Rejected(str(manifest_paths[shard]), "missing_tar",
+                           f"{manifest_paths[shard]}: no audio tar for shard {shard}")
             continue
         if shard not in manifest_paths:
-            yield Rejected(str(tar_paths[shard]), "missing_manifest", f"{tar_paths[shard]}: no manifest for shard {shard}")
+            yield Rejected(str(tar_paths[shard]), "missing_manifest",
+                           f"{tar_paths[shard]}: no manifest for shard {shard}")
             continue
         shard_dir = audio_out / shard
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +203,7 @@ def nemo_tarred(manifests: list[str], tars: list[str], audio_out: Path, text_key
 
 def hf_dataset(source: str, audio_out: Path, audio_column: str = "audio", text_column: str = "text",
                id_column: str | None = None, split: str | None = None) -> Iterator[Item | Rejected]:
-    """A local Hugging Face dataset: a ``save_to_disk`` dir, parquet/arrow files, or a dataset dir ``load_dataset`` reads.
+    """A local Hugging Face dataset: a ``save_to_disk`` dir, parquet/arrow files, or a dir ``load_dataset`` reads.
 
     Audio may be embedded bytes or paths; it is read undecoded (``Audio(decode=False)``) and written to
     ``audio_out`` so the cuts point at files. Nothing is fetched from the hub.

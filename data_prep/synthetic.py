@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from data_prep.stamp import Stamp
 from streamtune.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -230,11 +231,12 @@ def prepare_synthetic(
         + (("phrases",) if max_words > PHRASE_WORDS else ())
     key_parts = (sorted(counts.items()), seed, min_words, max_words, words, voices) + extra
     key = hashlib.sha256(repr(key_parts).encode()).hexdigest()
-    stamp = out_dir / ".synthetic.done"
+    stamp = Stamp(out_dir, "synthetic")
     cuts_paths = {split: out_dir / f"cuts_{split}.jsonl.gz" for split in counts}
-    if not force and stamp.exists() and stamp.read_text() == key and all(p.exists() for p in cuts_paths.values()):
+    if not force and stamp.up_to_date(key, cuts_paths.values()):
         print(f"synthetic corpus in {out_dir} is up to date (use --force to regenerate)")
         return cuts_paths
+    stamp.start()
 
     plan = plan_corpus(counts, seed, min_words, max_words, words, voices, id_prefix)
     audio_dir = out_dir / "audio"
@@ -266,7 +268,8 @@ def prepare_synthetic(
         cuts = list(tqdm(pool.map(make_one, plan), total=len(plan), desc="espeak-ng", mininterval=2))
     for split in counts:
         CutSet.from_cuts(c for c, u in zip(cuts, plan) if u.split == split).to_file(cuts_paths[split])
-    stamp.write_text(key)
+    stamp.done(key)
     total_s = sum(c.duration for c in cuts)
-    print(f"wrote {len(cuts)} utterances ({total_s / 3600:.2f} h) to {out_dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"wrote {len(cuts)} utterances ({total_s / 3600:.2f} h) to {out_dir}: " + ", ".join(f"{k}={v}" for k,
+                                                                                              v in counts.items()))
     return cuts_paths

@@ -6,6 +6,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from data_prep.stamp import Stamp
 from streamtune.errors import UserError
 
 
@@ -31,10 +32,11 @@ def train_tokenizer(cuts_paths: list[str | Path], out_dir: str | Path, vocab_siz
     texts = [t for p in cuts_paths for t in read_texts(p)]
     # Retrain whenever the transcripts or settings change; reuse otherwise.
     key = hashlib.sha256(repr((vocab_size, tokenizer_type, texts)).encode()).hexdigest()
-    stamp = out_dir / ".tokenizer.done"
-    if not force and (out_dir / "tokenizer.model").exists() and stamp.exists() and stamp.read_text() == key:
+    stamp = Stamp(out_dir, "tokenizer")
+    if not force and stamp.up_to_date(key, [out_dir / "tokenizer.model"]):
         print(f"tokenizer in {out_dir} is up to date (use --force to retrain)")
         return out_dir
+    stamp.start()
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,6 @@ def train_tokenizer(cuts_paths: list[str | Path], out_dir: str | Path, vocab_siz
         except RuntimeError as err:
             raise UserError(f"SentencePiece could not build a {vocab_size}-token vocabulary: {err}. "
                             "Lower --vocab-size.") from None
-    stamp.write_text(key)
+    stamp.done(key)
     print(f"tokenizer ({vocab_size} pieces, {tokenizer_type}) written to {out_dir}")
     return out_dir
