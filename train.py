@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(OmegaConf.to_yaml(resolved(cfg)))
+        print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
         return 0
     from streamtune.models import check_model_config
     from streamtune.rundir import forget_run_dir, resolve_run_dir

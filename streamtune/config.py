@@ -40,6 +40,7 @@ class DataConfig:
     train: Any = None
     dev: Optional[str] = None
     test: Optional[str] = None
+    # Deprecated spelling of model.tokenizer_dir (still read, with a warning).
     tokenizer_dir: Optional[str] = None
     # Dynamic batching by total audio seconds per batch (Lhotse); batch_size caps the count.
     batch_duration_s: float = 60.0
@@ -108,9 +109,12 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    # Chunk sizes to evaluate, in ms; empty = every att_context_size the model was trained with.
+    # Chunk modes to evaluate, in ms; empty = every att_context_size the model was trained with.
     chunk_ms: List[int] = field(default_factory=list)
-    modes: List[str] = field(default_factory=lambda: ["streaming", "offline"])
+    # How each chunk mode is decoded: "streaming" (chunk by chunk, caches carried) and/or "offline".
+    decodes: List[str] = field(default_factory=lambda: ["streaming", "offline"])
+    # Deprecated spelling of eval.decodes (still read, with a warning).
+    modes: Optional[List[str]] = None
     # Utterances decoded together as concurrent streams (results do not depend on it).
     batch_size: int = 8
     # Gates (WER points, %; --max-wer / --max-regression override): exit 1 when a candidate's streaming WER on
@@ -204,8 +208,59 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return plain, added
 
 
-def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *, check_missing: bool = True) -> DictConfig:
-    """Load a recipe onto the schema, apply overrides, and validate.
+# Old spellings still read for one release: (old key, new key). Each use prints one line saying so.
+DEPRECATED_KEYS = (("eval.modes", "eval.decodes"), ("data.tokenizer_dir", "model.tokenizer_dir"))
+# A recipe may start from another: `base: full_finetune.yaml` (relative to the recipe), then override it.
+BASE_KEY = "base"
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe YAML with its ``base`` chain merged underneath it (the recipe's own values win)."""
+    if not path.is_file():
+        raise UserError(f"recipe '{path}' does not exist; pass --config with a YAML file under recipes/")
+    if path.resolve() in seen:
+        raise UserError(f"recipe '{path}' is its own base (through {' -> '.join(str(p) for p in seen)})")
+    try:
+        recipe_cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml errors have many types
+        raise UserError(f"recipe '{path}' is not valid YAML: {err}") from None
+    base = recipe_cfg.pop(BASE_KEY, None) if isinstance(recipe_cfg, DictConfig) else None
+    if base is None:
+        return recipe_cfg
+    parent = _read_recipe(path.parent / str(base), (*seen, path.resolve()))
+    return OmegaConf.merge(parent, recipe_cfg)
+
+
+def _apply_deprecated(cfg: DictConfig) -> None:
+    """Copy each deprecated key's value to its new key (warning once per key); both set differently is an error."""
+    import sys
+
+    defaults = OmegaConf.structured(RecipeConfig)
+    for old, new in DEPRECATED_KEYS:
+        value = OmegaConf.select(cfg, old)
+        if value is None:
+            continue
+        current = OmegaConf.select(cfg, new)
+        if current not in (None, OmegaConf.select(defaults, new)) and current != value:
+            raise UserError(f"{old} (deprecated) and {new} are both set, differently; set only {new}")
+        print(f"warning: config key '{old}' is deprecated and will go in the next release; use '{new}'",
+              file=sys.stderr)
+        OmegaConf.update(cfg, new, value, force_add=True)
+
+
+def missing_keys(cfg: DictConfig, keys: list[str] | None = None) -> None:
+    """A :class:`UserError` naming every unset mandatory value (``???``), or only those among ``keys``."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if keys is not None:
+        missing = [k for k in missing if k in keys]
+    if missing:
+        raise UserError("required config key(s) not set (??? in the recipe): " + ", ".join(missing) +
+                        "; set them in the recipe or pass KEY=VALUE")
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *,
+                check_missing: bool = True) -> DictConfig:
+    """Load a recipe (and its ``base`` chain) onto the schema, apply overrides, and validate.
 
     Raises :class:`UserError` naming the file or key for anything a user can fix.
     """
@@ -213,13 +268,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *
     schema = OmegaConf.structured(RecipeConfig)
     cfg = schema
     if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise UserError(f"recipe '{recipe}' does not exist; pass --config with a YAML file under recipes/")
-        try:
-            recipe_cfg = OmegaConf.load(path)
-        except Exception as err:  # yaml errors have many types
-            raise UserError(f"recipe '{recipe}' is not valid YAML: {err}") from None
+        recipe_cfg = _read_recipe(Path(recipe))
         try:
             cfg = OmegaConf.merge(schema, recipe_cfg)
         except ConfigKeyError as err:
@@ -241,7 +290,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None, *
     except ValidationError as err:
         raise UserError(f"override for '{err.full_key}': {err.msg}") from None
     OmegaConf.set_struct(cfg, True)
+    _apply_deprecated(cfg)
     if check_missing:
+        missing_keys(cfg, ["run.name", "run.seed"])
         require(cfg, ["run.name", "run.seed"])
     return cfg
 
@@ -259,10 +310,16 @@ def require(cfg: DictConfig, keys: list[str]) -> None:
             raise UserError(f"config key '{key}' is required; set it in the recipe or pass {key}=VALUE")
 
 
-def resolved(cfg: DictConfig) -> DictConfig:
-    """A resolved copy (interpolations replaced by values), still checked for errors."""
+def resolved(cfg: DictConfig, allow_missing: bool = False) -> DictConfig:
+    """A resolved copy (interpolations replaced by values), still checked for errors.
+
+    ``allow_missing`` keeps unset ``???`` values as they are (a stage saving the config it ran with need not set
+    keys only another stage reads); otherwise every one of them is named in one error.
+    """
+    if not allow_missing:
+        missing_keys(cfg)
     try:
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=not allow_missing)
     except MissingMandatoryValue as err:
         raise UserError(f"config key '{err.full_key}' is required (it is ??? in the recipe)") from None
     except OmegaConfBaseException as err:
@@ -274,7 +331,7 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     """Write the resolved config beside an output, so the output says how it was made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(resolved(cfg)))
+    path.write_text(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
     return path
 
 
