@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -14,7 +15,7 @@ def write_section(title: str, body: str) -> None:
     """Replace (or append) the ``## title`` section of BENCHMARKS.md."""
     header = "# Benchmarks\n\nEach section is written by the script it names; numbers are from one run, side by side.\n"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else header
-    stamp = f"_{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores_"
+    stamp = f"_{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores_"
     section = f"## {title}\n\n{stamp}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
@@ -30,16 +31,7 @@ def cpu_ticks() -> tuple[int, int]:
 
 def others_seconds(before: tuple[int, int], after: tuple[int, int]) -> float:
     """CPU seconds other processes used between two :func:`cpu_ticks` readings."""
-    import os
-
     return (after[0] - before[0] - after[1] + before[1]) / os.sysconf("SC_CLK_TCK")
-
-
-def mode_by_ms(model, ms: int):
-    """The model's chunk mode of ``ms`` milliseconds."""
-    from streamtune.models import chunk_modes
-
-    return next(m for m in chunk_modes(model) if m.chunk_ms == ms)
 
 
 # Cores other processes may use while a measurement runs before it is discarded and redone (or flagged).
@@ -79,8 +71,66 @@ class Watch:
         return self.others > OTHERS_LIMIT
 
 
+def other_benches() -> list[str]:
+    """Command lines of other python processes running a ``bench/`` script."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if args and Path(args[0]).name.startswith("python") and any("bench/" in a for a in args[1:]):
+            found.append(f"{proc.name}: {' '.join(args).strip()}")
+    return found
+
+
 def run_header(command: str, extra: str = "") -> str:
     """The first line of a BENCHMARKS.md section: the exact command, threads, and what else ran."""
     import torch
 
     return f"`{command}` — {torch.get_num_threads()} torch threads" + (f"; {extra}" if extra else "") + "."
+
+
+class Guard:
+    """Measurements on a shared machine: wait for other processes to go quiet, and redo a measurement they
+    disturbed (more than ``OTHERS_LIMIT`` cores): with 2 threads on 2 cores one busy process elsewhere can slow a
+    step many times over. Counts what it waited and redid, for the run header."""
+
+    def __init__(self, log=print, max_wait_s: float = 300):
+        self.log, self.max_wait_s, self.waited_s, self.redone = log, max_wait_s, 0.0, 0
+
+    def wait_quiet(self) -> None:
+        start = time.monotonic()
+        wait_quiet(self.max_wait_s, self.log)
+        self.waited_s += time.monotonic() - start
+
+    def run(self, what: str, fn, attempts: int = 3):
+        """``(fn(), cores other processes used meanwhile)``, redone after a wait when they used too many."""
+        for attempt in range(attempts):
+            with Watch() as watch:
+                result = fn()
+            if not watch.disturbed or attempt == attempts - 1:
+                return result, watch.others
+            self.redone += 1
+            self.log(f"  redoing {what}: other processes used {watch.others:.2f} cores")
+            self.wait_quiet()
+
+
+def publish(title: str, text: str, write: bool) -> None:
+    """Print a benchmark's section, and with ``--write`` put it into BENCHMARKS.md."""
+    print(text)
+    if write:
+        write_section(title, text)
+
+
+def add_model_args(parser, quick_help: str) -> None:
+    """The options of the benchmarks that measure the demo model and the full geometry."""
+    import argparse
+
+    parser.add_argument("--demo-model", default="outputs/demo/runs/tiny_cpu/latest/final.nemo",
+                        help="the trained demo .nemo")
+    parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the full 24-layer d_model-1024 geometry (random weights)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)

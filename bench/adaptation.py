@@ -72,11 +72,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--mix-a", type=float, default=0.5, help="share of domain-A training data in the mix")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of training and evaluation (1 on a "
-                        "machine that is busy with other work: oversubscribed threads make each step many times slower)")
+                        "machine that is busy with other work: oversubscribed threads make each step many times "
+                        "slower)")
     parser.add_argument("--tuned", help="evaluate this fine-tuned .nemo instead of fine-tuning")
     parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     args = parser.parse_args(argv)
-    missing = [p for p in (BASE, f"{DATA_A}/cuts_train.jsonl.gz", f"{DATA_A}/cuts_test.jsonl.gz") if not (REPO / p).exists()]
+    missing = [p for p in (BASE, f"{DATA_A}/cuts_train.jsonl.gz",
+                           f"{DATA_A}/cuts_test.jsonl.gz") if not (REPO / p).exists()]
     if missing:
         print(f"missing {', '.join(missing)}: run `make demo` first (domain A is the demo)", file=sys.stderr)
         return 1
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
                  f"trainer.num_threads={args.threads}"], log)
             wer[name, domain] = streaming_wer(REPO / out / "results.json")
 
-    table = ["| domain | chunk | base WER (errors/words) | tuned WER | relative change | criterion: tuned errors | holds |",
+    table = ["| domain | chunk | base WER (errors/words) | tuned WER | relative change | criterion: tuned errors "
+             "| holds |",
              "|---|---|---|---|---|---|---|"]
     verdict = {}
     for domain, limit, rule in (("B", MAX_B_RATIO, "≤ −50 %"), ("A", MAX_A_RATIO, "≤ +20 %")):
@@ -132,7 +135,8 @@ def main(argv=None) -> int:
                   f"(warm-up {args.warmup}, then the recipe's hold and linear decay), on a mix of "
                   f"{1 - args.mix_a:.0%} B and {args.mix_a:.0%} A training data (sampling weights).")
         commands = "\n".join(f"{cmd}   # {secs:.0f} s" for cmd, secs in log)
-        body = f"""`python bench/adaptation.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — {total / 60:.1f} min in all.
+        command = shlex.join(argv if argv is not None else sys.argv[1:])
+        body = f"""`python bench/adaptation.py {command}` — {total / 60:.1f} min in all.
 
 Domain A: the demo (96 words, seven espeak-ng voices), model `{BASE}`. Domain B: {len(WORDS_B.split())} new
 words (travel and weather; same letters, none in A's list), voice `{VOICES_B}` (not one of A's), {args.num_train}

@@ -35,7 +35,8 @@ def lhotse_alone(manifest: Path, out: Path) -> None:
             entry = json.loads(line)
             rec = Recording.from_file(entry["audio_filepath"])
             sup = SupervisionSegment(id=rec.id, recording_id=rec.id, start=0, duration=rec.duration, text=entry["text"])
-            writer.write(MonoCut(id=rec.id, start=0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
+            writer.write(MonoCut(id=rec.id, start=0, duration=rec.duration, channel=0, recording=rec,
+                                 supervisions=[sup]))
 
 
 _CHILD = """
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    from data_prep.synthetic import prepare_synthetic
     from lhotse import CutSet
+
+    from data_prep.synthetic import prepare_synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
         f"| `python -m data_prep nemo`: every file decoded and checked, 2 threads | {ours_s:.1f} | "
         f"{60 * hours / ours_s:.1f} |",
         "",
-        f"Ratio (ours / Lhotse alone, throughput): **{lhotse_s / ours_s:.2f}** on {args.utts} utterances ({hours:.2f} h); "
+        f"Ratio (ours / Lhotse alone, throughput): **{lhotse_s / ours_s:.2f}** on {args.utts} utterances "
+        f"({hours:.2f} h); "
         "both are fresh processes, start-up included. Decoding is the price of catching bad audio; "
         "`--no-audio-check` skips it.",
         "",

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
            "--num-test", str(large), "--seed", "21", "--id-prefix", "scale"]
     subprocess.run([sys.executable, *gen], cwd=REPO, check=True, capture_output=True)
 
-    from bench import OTHERS_LIMIT, run_header
+    from bench import OTHERS_LIMIT, publish, run_header
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
             rows[n] = evaluate(subset(n, tmp), tmp / f"eval_{n}", args.threads)
             print(f"{n} utterances: {json.dumps(rows[n])}", flush=True)
     worst = max(r["others"] for r in rows.values())
-    table = ["| utterances | evaluate wall (s) | scoring (s) | scoring share | peak RSS (MiB) |", "|---|---|---|---|---|"]
+    table = ["| utterances | evaluate wall (s) | scoring (s) | scoring share | peak RSS (MiB) |",
+             "|---|---|---|---|---|"]
     for n, r in rows.items():
         flag = " *" if r["others"] > OTHERS_LIMIT else ""
         table.append(f"| {n:,} | {r['total_s']:.1f}{flag} | {r['scoring_s']:.2f} | "
@@ -106,14 +107,11 @@ def main(argv=None) -> int:
         *table,
         "",
         f"Peak RSS ratio ({large:,} / {small:,}): **{rows[large]['peak_mib'] / rows[small]['peak_mib']:.2f}** "
-        f"(target ≤ 1.2); scoring share at {large:,}: **{100 * rows[large]['scoring_s'] / rows[large]['total_s']:.1f} %** "
+        f"(target ≤ 1.2); scoring share at {large:,}: "
+        f"**{100 * rows[large]['scoring_s'] / rows[large]['total_s']:.1f} %** "
         "(target ≤ 5 %).",
     ])
-    print(text)
-    if args.write:
-        from bench import write_section
-
-        write_section("Evaluation at scale", text)
+    publish("Evaluation at scale", text, args.write)
     return 0
 
 

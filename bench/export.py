@@ -7,7 +7,7 @@ silence-padded start, fixed cache + chunk windows), one stream at a time (batch 
 
 * ``pytorch``: ``StreamingRunner(model, batch_size=1, feeding="export").streaming(mode, feats)`` (NeMo's
   ``cache_aware_stream_step`` + NeMo greedy_batch RNN-T, eager);
-* ``ort-fp32``: ``export.onnx.OrtStreamingDecoder`` over ``export_mode``'s encoder / decoder / joiner;
+* ``ort-fp32``: ``export.onnx_decoder.OrtStreamingDecoder`` over ``export_mode``'s encoder / decoder / joiner;
 * ``ort-int8``: the same over ``quantize_dir``'s int8 dynamic quantisation of those files.
 
 Torch and ONNX Runtime get the same ``--threads`` (``torch.set_num_threads``, ORT ``intra_op_num_threads``).
@@ -19,8 +19,8 @@ session's ``run`` are wrapped with a timer. Repetitions rotate the order of the 
 used more than 0.3 cores is redone (at most twice) after waiting for them.
 
 Models: (a) the demo model on the whole demo test set, every chunk mode (WER of fp32 vs int8 ONNX from the same
-runs); (b) the target's full geometry (24 layers, d_model 1024, 128 mels; ``FULL_GEOMETRY`` on the demo recipe,
-demo tokenizer) with random weights, on demo test utterances concatenated into one stream. A random-weight
+runs); (b) the target's full geometry (24 layers, d_model 1024, 128 mels; ``streamtune.geometry.FULL`` on the demo
+recipe, demo tokenizer) with random weights, on demo test utterances concatenated into one stream. A random-weight
 joint makes greedy RNN-T emit up to ``max_symbols`` tokens on every frame, so its decoding cost is inflated far
 beyond a trained model's; the encoder-only columns are the numbers that carry over to a trained model.
 """
@@ -43,46 +43,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import cpu_ticks, mode_by_ms, others_seconds  # noqa: E402
+from bench import OTHERS_LIMIT, Watch, add_model_args, cpu_ticks, other_benches, others_seconds, publish, wait_quiet  # noqa: E402
+from bench.export_report import SIDES, findings, report  # noqa: E402
+from bench.full_model import build_full  # noqa: E402
+from streamtune.chunks import mode_by_ms  # noqa: E402
+
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
-DEMO_MODEL = "outputs/demo/runs/tiny_cpu/latest/final.nemo"
 TITLE = "Export: PyTorch vs ONNX Runtime streaming"
-SIDES = ("pytorch", "ort-fp32", "ort-int8")
-OTHERS_LIMIT = 0.3  # cores used by other processes during a repetition above which it is redone
-
-
-# ----- machine ----------------------------------------------------------------------------------
-def others_cores(since: tuple[int, int], seconds: float) -> float:
-    return max(0.0, others_seconds(since, cpu_ticks()) / max(seconds, 1e-9))
-
-
-def other_benches() -> list[str]:
-    """Command lines of other python processes running a ``bench/`` script."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if args and Path(args[0]).name.startswith("python") and any("bench/" in a for a in args[1:]):
-            found.append(f"{proc.name}: {' '.join(args).strip()}")
-    return found
-
-
-def wait_quiet(max_wait_s: float, log) -> float:
-    """Wait (up to ``max_wait_s``) until other processes use <= OTHERS_LIMIT cores; returns the seconds waited."""
-    start = time.monotonic()
-    while True:
-        ticks, t0 = cpu_ticks(), time.monotonic()
-        time.sleep(2.0)
-        load = others_cores(ticks, time.monotonic() - t0)
-        if load <= OTHERS_LIMIT or time.monotonic() - start >= max_wait_s:
-            return time.monotonic() - start
-        log(f"  waiting: other processes use {load:.1f} cores")
-        time.sleep(8)
 
 
 # ----- timers -----------------------------------------------------------------------------------
@@ -102,42 +70,7 @@ class TimedSession:
         return getattr(self.session, name)
 
 
-class TimedEncoderStep:
-    """Times ``encoder.cache_aware_stream_step`` while installed (an instance attribute shadowing the method)."""
-
-    def __init__(self, encoder):
-        self.encoder, self.seconds = encoder, 0.0
-        self.original = encoder.cache_aware_stream_step
-
-    def __enter__(self):
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            out = self.original(*args, **kwargs)
-            self.seconds += time.perf_counter() - t0
-            return out
-
-        self.encoder.cache_aware_stream_step = timed
-        return self
-
-    def __exit__(self, *exc):
-        del self.encoder.cache_aware_stream_step
-
-
 # ----- models and export ------------------------------------------------------------------------
-def build_full(layers: int):
-    import torch
-
-    from streamtune.config import load_config
-    from streamtune.models import build_model
-    from tests.test_full_geometry_slow import FULL_GEOMETRY
-
-    overrides = [o for o in FULL_GEOMETRY if not o.startswith("model.encoder.n_layers=")]
-    overrides += [f"model.encoder.n_layers={layers}", "data.train=null", "data.dev=null",
-                  f"data.tokenizer_dir={DATA / 'tokenizer'}"]
-    torch.manual_seed(0)
-    return build_model(load_config(str(RECIPE), overrides), log=lambda *_: None).eval()
-
-
 def dir_mb(path: Path, encoder_only: bool = False) -> float:
     """Size of a mode directory's graphs (external data files included), MB."""
     files = [p for p in path.iterdir() if p.suffix != ".txt"]
@@ -155,7 +88,7 @@ def _failure(err: BaseException) -> str:
 
 def export_both(model, mode, root: Path, log) -> dict:
     """fp32 (``export_mode``) and int8 (``quantize_dir``) directories for one mode, with what went wrong."""
-    from export.onnx import export_mode, quantize_dir
+    from export.onnx_export import export_mode, quantize_dir
 
     fp32, int8 = root / f"{mode.chunk_ms}ms", root / f"{mode.chunk_ms}ms-int8"
     info = {"fp32": fp32, "int8": int8, "quantize_error": None}
@@ -180,7 +113,7 @@ def export_both(model, mode, root: Path, log) -> dict:
 def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int, reps: int, quiet_wait: float,
             log) -> dict:
     """Interleaved repetitions of the three sides on ``feats``; per side the tokens and median times."""
-    from export.onnx import OrtStreamingDecoder
+    from export.onnx_decoder import OrtStreamingDecoder
     from streamtune.streaming import StreamingRunner
 
     runner = StreamingRunner(model, batch_size=1, feeding="export")
@@ -194,11 +127,10 @@ def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int
     def run(side: str, items: list) -> tuple[list, float, float]:
         """(tokens per utterance, total seconds, encoder seconds)."""
         if side == "pytorch":
-            with TimedEncoderStep(model.encoder) as timer:
-                t0 = time.perf_counter()
-                out = runner.streaming(mode, [feats[i] for i in items])
-                total = time.perf_counter() - t0
-            return out.tokens, total, timer.seconds
+            encoder_s = []
+            t0 = time.perf_counter()
+            out = runner.streaming(mode, [feats[i] for i in items], on_step=lambda s: encoder_s.append(s.encoder_s))
+            return out.tokens, time.perf_counter() - t0, sum(encoder_s)
         dec = decoders[side]
         dec.encoder.seconds = 0.0
         tokens = []
@@ -223,10 +155,10 @@ def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int
     for rep in range(reps):
         order = sides[rep % len(sides):] + sides[: rep % len(sides)]
         for attempt in range(3):
-            ticks, t0 = cpu_ticks(), time.monotonic()
-            out = {side: run(side, everything) for side in order}
-            cores = others_cores(ticks, time.monotonic() - t0)
-            if cores <= OTHERS_LIMIT or attempt == 2:
+            with Watch() as watch:
+                out = {side: run(side, everything) for side in order}
+            cores = watch.others
+            if not watch.disturbed or attempt == 2:
                 break
             redone += 1
             log(f"  rep {rep + 1} disturbed (others used {cores:.2f} cores): redone after a wait")
@@ -264,10 +196,10 @@ def bench_model(name: str, model, utts: list, refs: list[str] | None, modes_ms: 
     from streamtune.streaming import StreamingRunner
 
     max_symbols = int(model.cfg.decoding.get("greedy", {}).get("max_symbols", 10) or 10)
-    fed = StreamingRunner(model, batch_size=1, feeding="export")
-    feats = [fed.features(u) for u in utts]  # computed once, shared by every side and mode
+    export_fed = StreamingRunner(model, batch_size=1, feeding="export")
+    feats = [export_fed.features(u) for u in utts]  # computed once, shared by every side and mode
     audio_s = sum(len(u) for u in utts) / 16000
-    text = fed._texts
+    text = export_fed.texts
     rows = []
     for ms in modes_ms:
         mode = mode_by_ms(model, ms)
@@ -296,88 +228,15 @@ def bench_model(name: str, model, utts: list, refs: list[str] | None, modes_ms: 
     return rows
 
 
-# ----- report -----------------------------------------------------------------------------------
-def fmt_rtfx(audio_s: float, seconds: float) -> str:
-    return f"{audio_s / seconds:.1f}" if seconds > 0 else "-"
-
-
-def report(rows: list[dict]) -> str:
-    out = ["| model | chunk | side | compute (s, median) | RTFx | encoder (s) | encoder RTFx | encoder share "
-           "| speed-up vs PyTorch (all / encoder) | reps (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        base = r["res"]["sides"]["pytorch"]
-        for side, s in r["res"]["sides"].items():
-            speed = "-" if side == "pytorch" else f"{base['total'] / s['total']:.2f}x / {base['enc'] / s['enc']:.2f}x"
-            out.append(f"| {r['model']} | {r['ms']} ms | {side} | {s['total']:.2f} | {fmt_rtfx(r['audio_s'], s['total'])} "
-                       f"| {s['enc']:.2f} | {fmt_rtfx(r['audio_s'], s['enc'])} | {100 * s['enc'] / s['total']:.0f} % "
-                       f"| {speed} | {', '.join(f'{x:.2f}' for x in s['reps'])} |")
-    out += ["", "| model | chunk | fp32 dir (MB; encoder) | int8 dir (MB; encoder) | export / quantise (s) "
-            "| ORT fp32 tokens == PyTorch | int8 tokens == fp32 | tokens emitted (PyTorch / fp32 / int8) "
-            "| WER PyTorch / fp32 / int8 | int8 - fp32 WER | others (cores, max) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        i = r["info"]
-        int8 = f"{i['int8_mb']:.1f} ({i['int8_enc_mb']:.1f})" if "int8_mb" in i else "failed"
-        emitted = " / ".join(str(r["emitted"].get(s, "-")) for s in SIDES)
-        if "wer" in r:
-            w = r["wer"]
-            wers = " / ".join(f"{100 * w[s]:.2f} %" if s in w else "-" for s in SIDES)
-            delta = f"{100 * (w['ort-int8'] - w['ort-fp32']):+.2f} points" if "ort-int8" in w else "-"
-        else:
-            wers, delta = "n/a (random weights)", "-"
-        out.append(f"| {r['model']} | {r['ms']} ms | {i['fp32_mb']:.1f} ({i['fp32_enc_mb']:.1f}) | {int8} "
-                   f"| {i['export_s']:.0f} / {i['quantize_s']:.0f} | {r['same_fp32']}/{r['utts']} "
-                   f"| {r.get('same_int8', '-')}/{r['utts']} | {emitted} | {wers} | {delta} | {r['res']['others']:.2f} |")
-    return "\n".join(out)
-
-
-def _span(xs: list[float], unit: str = "x") -> str:
-    lo, hi = min(xs), max(xs)
-    return f"{lo:.2f}{unit}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}{unit}"
-
-
-def findings(rows: list[dict]) -> list[str]:
-    """Statements read off the medians (ratios of medians of the same run), nothing more."""
-    out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        group = [r for r in rows if r["model"] == model]
-        modes = "/".join(f"{r['ms']}" for r in group) + " ms"
-        s = [r["res"]["sides"] for r in group]
-        fp32 = [x["pytorch"]["total"] / x["ort-fp32"]["total"] for x in s]
-        fp32_enc = [x["pytorch"]["enc"] / x["ort-fp32"]["enc"] for x in s]
-        out.append(f"{model}, {modes}: ORT fp32 vs PyTorch eager: {_span(fp32)} less compute in all, "
-                   f"{_span(fp32_enc)} less in the encoder (PyTorch time / ORT time).")
-        if all("ort-int8" in x for x in s):
-            q = [x["ort-fp32"]["total"] / x["ort-int8"]["total"] for x in s]
-            q_enc = [x["ort-fp32"]["enc"] / x["ort-int8"]["enc"] for x in s]
-            line = (f"{model}: ORT int8 vs ORT fp32: {_span(q)} in all, {_span(q_enc)} in the encoder "
-                    f"(fp32 time / int8 time; below 1 means int8 is slower); encoder file(s) "
-                    f"{group[0]['info']['fp32_enc_mb']:.1f} -> {group[0]['info']['int8_enc_mb']:.1f} MB")
-            if "wer" in group[0]:
-                deltas = [100 * (r["wer"]["ort-int8"] - r["wer"]["ort-fp32"]) for r in group]
-                line += ("; WER int8 - fp32: " + ", ".join(f"{d:+.2f}" for d in deltas) + f" points at {modes} "
-                         f"({group[0]['utts']} utterances; int8 tokens equal fp32's on "
-                         + ", ".join(f"{r['same_int8']}" for r in group) + " of them)")
-            out.append(line + ".")
-        bad = [f"{r['ms']} ms ({r['same_fp32']}/{r['utts']})" for r in group if r["same_fp32"] != r["utts"]]
-        if bad:
-            out.append(f"{model}: ORT fp32 tokens differ from PyTorch's (same feeding) at " + ", ".join(bad) + ".")
-        else:
-            out.append(f"{model}: ORT fp32 tokens equal PyTorch's (same feeding) on every utterance, every mode.")
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo-model", default=DEMO_MODEL, help="the trained demo .nemo")
-    parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
-                        help="also the full 24-layer d_model-1024 geometry (random weights)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check")
+    add_model_args(parser, "small sizes: a smoke check")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads = ONNX Runtime intra-op threads (default 1: on a shared 2-core machine "
                              "one busy process stalls 2-thread runs many times over, and unequally per runtime)")
     parser.add_argument("--quiet-wait", type=float, default=None,
-                        help="seconds to wait, before each mode, for other processes to go quiet (120; 10 with --quick)")
+                        help="seconds to wait, before each mode, for other processes to go quiet "
+                             "(120; 10 with --quick)")
     parser.add_argument("--write", action="store_true", help=f"write the '{TITLE}' section of BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.quiet_wait is None:
@@ -425,7 +284,7 @@ def main(argv=None) -> int:
                 stream.append(u.audio)
                 total += len(u.audio) / 16000
             stream = np.concatenate(stream)
-            model = build_full(24)
+            model = build_full(DATA / "tokenizer", 24)
             enc = model.encoder
             name = f"full ({len(enc.layers)} layers)"
             described[name] = (f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters "
@@ -442,7 +301,7 @@ def main(argv=None) -> int:
                 notes.append(f"The 24-layer model could not be measured: {_failure(err)}. Fell back to 12 layers.")
                 log(notes[-1])
                 del model
-                model = build_full(12)
+                model = build_full(DATA / "tokenizer", 12)
                 name = "full-geometry 12-layer variant"
                 described[name] = "as the full geometry but 12 layers (the 24-layer export failed; see above)"
                 rows += bench_model(name, model, [stream], None, full_modes, 1 if args.quick else 3, args.threads,
@@ -484,7 +343,8 @@ def main(argv=None) -> int:
                          + ("." if not i["quantize_error"] else f"; `quantize_dir` failed: `{i['quantize_error']}`."))
     demo_rows = [r for r in rows if r["model"] == "demo"]
     demo_rate = "" if not demo_rows else (
-        f"; the trained demo model emitted {sum(r['emitted']['pytorch'] for r in demo_rows) / sum(r['frames'] for r in demo_rows):.2f}"
+        "; the trained demo model emitted "
+        f"{sum(r['emitted']['pytorch'] for r in demo_rows) / sum(r['frames'] for r in demo_rows):.2f}"
         " per frame")
     if full_rows:
         r = full_rows[0]
@@ -496,7 +356,8 @@ def main(argv=None) -> int:
             "of the full model are dominated by that inflated decoding; its encoder columns are the ones that "
             "carry over to a trained model. Its WER is meaningless and not reported.")
     how = ("How: features computed once per utterance (export feeding), outside the timed calls. Per mode, the "
-           "fp32 directory is written by `export.onnx.export_mode` and the int8 one by `export.onnx.quantize_dir` "
+           "fp32 directory is written by `export.onnx_export.export_mode` and the int8 one by "
+           "`export.onnx_export.quantize_dir` "
            "(int8 dynamic: weights int8, activations quantised on the fly) into a temporary directory. One warm-up "
            "call per side, then repetitions in rotated order; each repetition decodes every utterance one at a "
            "time on each side. \"compute\" is the wall time of the decoding calls (PyTorch: one "
@@ -514,11 +375,7 @@ def main(argv=None) -> int:
         parts.append("Notes:\n\n" + "\n".join(f"* {n}" for n in notes))
     parts.append("Read off the tables:\n\n" + "\n".join(f"* {n}" for n in findings(rows)))
     text = "\n\n".join(parts) + "\n\n" + table
-    print(text)
-    if args.write:
-        from bench import write_section
-
-        write_section(TITLE, text)
+    publish(TITLE, text, args.write)
     return 0
 
 

@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     if args.write:
         from bench import write_section
 
-        body = (f"`python bench/real_speech.py{' --model ' + args.model if args.model != parser.get_default('model') else ''}"
+        model_arg = f" --model {args.model}" if args.model != parser.get_default("model") else ""
+        body = (f"`python bench/real_speech.py{model_arg}"
                 f" --write`: the demo model on recorded human speech from the pocketsphinx 5.1.1 sdist "
                 f"(see the script's docstring for the source and licence).\n\n"
                 "Files:\n\n" + "\n".join(f"* `{f}`" for f in files) + "\n\n" + "\n".join(table) + "\n\n" + summary +

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         child(args.child, args.shape, args.threads, args.reps)
         return 0
 
-    from bench import OTHERS_LIMIT, run_header
+    from bench import OTHERS_LIMIT, publish, run_header
 
     rows = {}
     for vocab in VOCABS:
@@ -173,11 +173,7 @@ def main(argv=None) -> int:
         "",
         *table,
     ])
-    print(text)
-    if args.write:
-        from bench import write_section
-
-        write_section("RNN-T loss on CPU", text)
+    publish("RNN-T loss on CPU", text, args.write)
     return 0
 
 

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"needs the demo model and data ({DEMO_MODEL}): run `make demo` first")
     subprocess.run([sys.executable, *LONG_CMD], cwd=REPO, check=True, capture_output=True)
 
-    from bench import OTHERS_LIMIT, run_header
+    from bench import OTHERS_LIMIT, publish, run_header
 
     threads = [f"trainer.num_threads={args.threads}"]
     # Bucketing as the schema's default (the demo recipe turns it off for its from-scratch run; see its comment).
@@ -207,11 +207,7 @@ def main(argv=None) -> int:
         f"for this batch, {batch_audio_s / total_nd:.0f} without the joint's dropout mask.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        from bench import write_section
-
-        write_section("Training on real-length speech (CPU)", text)
+    publish("Training on real-length speech (CPU)", text, args.write)
     return 0
 
 

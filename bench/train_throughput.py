@@ -38,19 +38,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import cpu_ticks, others_seconds  # noqa: E402
+from bench import OTHERS_LIMIT, cpu_ticks, others_seconds, wait_quiet  # noqa: E402
 
 RECIPE = "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
-
-
-def others_load(seconds: float = 2.0) -> float:
-    """CPU cores used by other processes over ``seconds`` (the machine may be shared)."""
-    import time
-
-    before = cpu_ticks()
-    time.sleep(seconds)
-    return others_seconds(before, cpu_ticks()) / seconds
 
 
 def timer_callback(warmup: int, steps: int, sample_rate: int):
@@ -117,7 +108,7 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
         import lightning.pytorch as pl
         import torch
 
-        from streamtune.models import model_class, nemo_model_config
+        from streamtune.model_config import model_class, nemo_model_config
 
         t = cfg.trainer
         if t.num_threads:
@@ -134,12 +125,9 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
 
 def run_side(side: str, overrides: list[str], warmup: int, steps: int, quiet_wait: float = 300) -> dict | None:
     """Run one side in a subprocess (after waiting for other processes to go quiet); None when out of GPU memory."""
-    import time
 
-    deadline = time.monotonic() + quiet_wait
-    while (load := others_load()) > 0.2 and time.monotonic() < deadline:
-        print(f"  waiting: other processes use {load:.1f} cores", flush=True)
-        time.sleep(10)
+    if quiet_wait:
+        wait_quiet(quiet_wait)
     with tempfile.TemporaryDirectory() as tmp:
         args = [*overrides, f"trainer.max_steps={warmup + steps}", f"run.output_dir={tmp}"]
         proc = subprocess.run([sys.executable, __file__, "--child", side, "--warmup", str(warmup), *args],
@@ -185,9 +173,9 @@ def main(argv=None) -> int:
     else:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     if args.full:
-        from tests.test_full_geometry_slow import FULL_GEOMETRY
+        from streamtune.geometry import FULL
 
-        overrides += [*FULL_GEOMETRY, "model.loss.loss_name=default"]
+        overrides += [*FULL, "model.loss.loss_name=default"]
     overrides += args.overrides
 
     # On CPU other processes take cores from the run; elsewhere loader workers would count as "others".
@@ -196,9 +184,9 @@ def main(argv=None) -> int:
     results = {"ours": [], "plain": []}
     for rep in range(args.reps):
         for side in results:
-            for attempt in range(3):  # a run disturbed by other processes is discarded and run again
+            for _ in range(3):  # a run disturbed by other processes is discarded and run again
                 r = run_side(side, overrides, args.warmup, args.steps, quiet_wait)
-                if not cpu or r["others_cores"] <= 0.2:
+                if not cpu or r["others_cores"] <= OTHERS_LIMIT:
                     break
                 print(f"  discarded {side} run: other processes used {r['others_cores']:.1f} cores", flush=True)
             results[side].append(r)
@@ -226,7 +214,7 @@ def main(argv=None) -> int:
               f"Same batches on every run: {'yes' if same_batches else 'NO'} ({n} steps); "
               f"largest loss difference between runs: {loss_diff:.2g}."]
     busiest = max(r["others_cores"] for r in runs)
-    if cpu and busiest > 0.2:
+    if cpu and busiest > OTHERS_LIMIT:
         table += ["", f"**Warning: other processes used up to {busiest:.1f} cores during a timed window; "
                   "these numbers are not comparable. Rerun on a quiet machine.**"]
 
