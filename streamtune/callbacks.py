@@ -54,9 +54,9 @@ class ChunkWER(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        from streamtune.chunks import chunk_modes
         from streamtune.data import utterance_batches
         from streamtune.metrics import ErrorCounts, corpus_errors
-        from streamtune.models import chunk_modes
         from streamtune.streaming import StreamingRunner
 
         runner = StreamingRunner(pl_module, batch_size=self.batch_size, device=pl_module.device)
@@ -153,7 +153,8 @@ def lhotse_sampler(dataloader):
     """The Lhotse sampler behind a NeMo Lhotse dataloader (map-style or iterable wrapper), if any."""
     from lhotse.dataset.sampling.base import CutSampler
 
-    for candidate in (getattr(dataloader, "sampler", None), getattr(getattr(dataloader, "dataset", None), "sampler", None)):
+    dataset = getattr(dataloader, "dataset", None)
+    for candidate in (getattr(dataloader, "sampler", None), getattr(dataset, "sampler", None)):
         if isinstance(candidate, CutSampler):
             return candidate
     return None

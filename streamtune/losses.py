@@ -45,7 +45,8 @@ def _check(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Ten
         raise ValueError(f"rnnt_loss: logits must be [B, T, U+1, V], got shape {tuple(logits.shape)}")
     batch, frames, nodes, vocab = logits.shape
     if targets.dim() != 2 or targets.shape[0] != batch or targets.shape[1] < nodes - 1:
-        raise ValueError(f"rnnt_loss: targets must be [B, >= U] = [{batch}, >= {nodes - 1}], got {tuple(targets.shape)}")
+        raise ValueError(f"rnnt_loss: targets must be [B, >= U] = [{batch}, >= {nodes - 1}], "
+                         f"got {tuple(targets.shape)}")
     if not 0 <= blank < vocab:
         raise ValueError(f"rnnt_loss: blank {blank} is outside the vocabulary of {vocab}")
     if logit_lengths.shape != (batch,) or target_lengths.shape != (batch,):

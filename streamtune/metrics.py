@@ -14,9 +14,9 @@ Alignment is kaldialign's compiled minimum-edit alignment (declared dependency),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 from streamtune.text import normalise_text
 
@@ -53,7 +53,7 @@ class ErrorCounts:
     def wer(self) -> float:
         return self.errors / self.ref_words if self.ref_words else float(self.errors > 0)
 
-    def __iadd__(self, other: "ErrorCounts") -> "ErrorCounts":
+    def __iadd__(self, other: ErrorCounts) -> ErrorCounts:
         self.substitutions += other.substitutions
         self.deletions += other.deletions
         self.insertions += other.insertions
@@ -112,14 +112,14 @@ class Scores:
     pnc: ErrorCounts
     chars: ErrorCounts
 
-    def __iadd__(self, other: "Scores") -> "Scores":
+    def __iadd__(self, other: Scores) -> Scores:
         self.words += other.words
         self.pnc += other.pnc
         self.chars += other.chars
         return self
 
     @classmethod
-    def zero(cls) -> "Scores":
+    def zero(cls) -> Scores:
         return cls(ErrorCounts(), ErrorCounts(), ErrorCounts())
 
 

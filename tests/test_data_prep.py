@@ -152,7 +152,8 @@ def test_bad_inputs_each_rejected_with_a_distinct_reason(speech, corpus, tmp_pat
     }
     manifest = _write_manifest(bad / "bad.jsonl", [
         line(good_path), line(bad / "missing.wav"), line(truncated), line(corrupt, duration=1.0),
-        line(stereo8k, duration=len(audio[::2]) / 8000), line(empty, duration=1.0), line(nan), line(silent, duration=1.0),
+        line(stereo8k, duration=len(audio[::2]) / 8000), line(empty, duration=1.0), line(nan), line(silent,
+                                                                                                    duration=1.0),
         line(no_text, text="   "), line(dup, text="Ünïcode ©"), line(dup), line(dup),
         b'{"audio_filepath": "x.wav", "duration": 1.0, "text": "unterminated\n',
         b'{"audio_filepath": "y.wav", "text": "caf\xe9"}\n',
@@ -231,7 +232,8 @@ def test_hf_dataset_with_embedded_audio_bytes(speech, tmp_path, layout):
     import datasets
 
     rows = {"audio": [{"bytes": p.read_bytes(), "path": p.name} for p, _, _ in speech[:4]],
-            "sentence": [t for _, t, _ in speech[:4]], "utt": [f"u{i}" for i in range(4)], "speaker": ["a", "b", "a", "b"]}
+            "sentence": [t for _, t, _ in speech[:4]], "utt": [f"u{i}" for i in range(4)], "speaker": ["a", "b", "a",
+                                                                                                       "b"]}
     ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
     if layout == "save_to_disk":
         ds.save_to_disk(str(tmp_path / "ds"))

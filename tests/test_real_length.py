@@ -90,7 +90,7 @@ def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides
     from omegaconf import OmegaConf
 
     from streamtune.config import RecipeConfig, load_config
-    from streamtune.models import dataset_configs
+    from streamtune.model_config import dataset_configs
     from streamtune.survey import survey_training_data
 
     assert OmegaConf.structured(RecipeConfig).data.num_buckets == 30, "on unless a recipe says otherwise"
@@ -106,7 +106,8 @@ def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides
     assert max(counts) - min(counts) <= 2, counts
     # Too little data for two buckets: bucketing is left off rather than making single-cut buckets.
     assert "use_bucketing" not in dataset_configs(load_config(DEMO_RECIPE, [*tiny_overrides,
-                                                                            "data.batch_duration_s=60"]), 16000)["train_ds"]
+                                                                            "data.batch_duration_s=60"]),
+                                                                            16000)["train_ds"]
 
 
 def test_metrics_log_padding_and_audio_per_step(trained_run):
@@ -122,8 +123,8 @@ def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_m
     from lhotse import CutSet
 
     from data_prep.synthetic import PHRASE_WORDS, plan_corpus, prepare_synthetic, spoken_text
+    from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
-    from streamtune.models import chunk_modes
     from streamtune.streaming import StreamingRunner
 
     plan = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110)

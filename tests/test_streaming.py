@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamtune.chunks import chunk_modes
 from streamtune.data import load_utterances
-from streamtune.models import chunk_modes
 from streamtune.streaming import StreamingRunner
 
 
@@ -71,13 +71,13 @@ def test_results_do_not_depend_on_batch_size(random_model, feats, chunk_ms):
 
 def test_hybrid_rnnt_ctc_checkpoint_streams_with_its_rnnt_head(tiny_overrides, corpus, tmp_path):
     """Some ports of the target model are EncDecHybridRNNTCTCBPEModel: load_model and the runner handle it."""
+    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
     from omegaconf import OmegaConf, open_dict
 
     from streamtune.config import load_config
-    from streamtune.models import load_model, nemo_model_config
+    from streamtune.model_config import nemo_model_config
+    from streamtune.models import load_model
     from tests.conftest import DEMO_RECIPE
-
-    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
 
     model_cfg = nemo_model_config(load_config(DEMO_RECIPE, tiny_overrides))
     with open_dict(model_cfg):
@@ -95,6 +95,7 @@ def test_hybrid_rnnt_ctc_checkpoint_streams_with_its_rnnt_head(tiny_overrides, c
     runner = StreamingRunner(model, batch_size=4)
     feats = [runner.features(u.audio) for u in load_utterances(corpus / "cuts_test.jsonl.gz")]
     mode = next(m for m in chunk_modes(model) if m.chunk_ms == 80)
-    offline, streaming = runner.offline(mode, feats, keep_encoded=True), runner.streaming(mode, feats, keep_encoded=True)
+    offline, streaming = runner.offline(mode, feats, keep_encoded=True), runner.streaming(mode, feats,
+                                                                                          keep_encoded=True)
     assert streaming.tokens == offline.tokens and sum(map(len, offline.tokens)) > 0
     assert _max_diff(offline.encoded, streaming.encoded) < 1e-4
