@@ -12,11 +12,12 @@ RECIPE := recipes/demo/tiny_cpu.yaml
 MODEL := $(DEMO)/runs/tiny_cpu/latest/final.nemo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system demo demo-data test test-slow clean
+.PHONY: help setup system demo demo-data test test-slow lint clean
 
 help:
 	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (~15 min on 2 cores)"
 	@echo "make test       run the test suite (slow tests skipped; make test-slow runs them)"
+	@echo "make lint       ruff (configured in pyproject.toml)"
 	@echo "make setup      system packages (espeak-ng, sox, libsndfile1) + .venv with pinned versions"
 
 setup: system $(STAMP)
@@ -55,6 +56,9 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q --run-slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf outputs dist runs .pytest_cache
