@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     run(["evaluate.py", "--config", "recipes/demo/tiny_cpu.yaml", "--model", args.model,
          "--cuts", f"real={prepared / 'cuts_test.jsonl.gz'}", "--out", str(eval_dir)])
     payload = json.loads((eval_dir / "results.json").read_text())
-    report = json.loads((prepared / "report.json").read_text())
+    report = json.loads((prepared / "report_test.json").read_text())
     (ts,) = payload["test_sets"]
     rows = [r for r in payload["results"] if r["decode"] == "streaming"]
     equal = all(e["equal"] for e in payload["streaming_equals_offline"])

@@ -93,16 +93,17 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
     cfg = load_config(RECIPE, overrides)
     timer = timer_callback(warmup, cfg.trainer.max_steps - warmup, cfg.model.sample_rate)
     if side == "ours":
+        import streamtune.training
         import train
 
-        build_trainer = train.build_trainer
+        build_trainer = streamtune.training.build_trainer
 
         def with_timer(*args, **kwargs):
             trainer = build_trainer(*args, **kwargs)
             trainer.callbacks.append(timer)
             return trainer
 
-        train.build_trainer = with_timer
+        streamtune.training.build_trainer = with_timer
         assert train.main(["--config", RECIPE, *overrides]) == 0
     else:
         import lightning.pytorch as pl

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_common(p):
         p.add_argument("--out", required=True,
-                       help="output directory (cuts_<split>.jsonl.gz, rejected.jsonl, report.json)")
+                       help="output directory (cuts_<split>.jsonl.gz, rejected_<split>.jsonl, report_<split>.json)")
         p.add_argument("--split", default="train", help="name of the cuts file written: cuts_<split>.jsonl.gz")
         p.add_argument("--split-ratio", help="e.g. train=0.9,dev=0.05,test=0.05: deterministic split by --split-key")
         p.add_argument("--split-key", default="id",

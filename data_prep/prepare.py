@@ -60,6 +60,14 @@ def _items(args, out: Path):
                                   read_header=not args.no_audio_check)
 
 
+def _refuse_writing_inputs(args, out: Path, splits: list[str]) -> None:
+    """Outputs never replace an input (``lhotse --cuts X/cuts_train.jsonl.gz --out X`` would read and rewrite it)."""
+    written = {(out / f"cuts_{name}.jsonl.gz").resolve() for name in splits}
+    for path in _input_files(args):
+        if Path(path).resolve() in written:
+            raise UserError(f"--out {out} would overwrite the input {path}; write to another directory")
+
+
 def prepare_source(args) -> None:
     """nemo / granary / nemo-tarred / hf / folder / lhotse (``args`` as ``python -m data_prep`` parses them)."""
     out = Path(args.out)
@@ -77,6 +85,7 @@ def prepare_source(args) -> None:
     if args.split_ratio:
         ratios = _parse_ratios(args.split_ratio)
         splits, splitter = list(ratios), split_by_ratio(ratios, key=args.split_key)
+    _refuse_writing_inputs(args, out, splits)
     write_validated(_items(args, out), out, splits, cfg, splitter=splitter, num_jobs=args.num_jobs)
     if args.shar:
         from data_prep.shar import export_shar

@@ -1,5 +1,6 @@
 """What a data_prep run reports: counts (``kept + rejected == read``), reasons, hours, a fixed-bin duration
-histogram and the character set, as ``report.json``, ``report.md`` and ``durations.png``."""
+histogram and the character set, as ``report_<run>.json``, ``report_<run>.md`` and ``durations_<run>.png``
+(``<run>``: the split, or the splits of a ratio split joined with ``+``)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,12 @@ class Report:
             "charset": "".join(sorted(self.chars)),
         }
 
-    def write(self, out_dir: Path, split: str) -> dict:
+    def write(self, out_dir: Path, run: str) -> dict:
+        """``report_<run>.json``, ``report_<run>.md`` and ``durations_<run>.png``."""
         payload = self.as_dict()
-        (out_dir / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (out_dir / "report.md").write_text(_report_md(payload, split))
-        _histogram_png(payload["duration_histogram"], out_dir / "durations.png")
+        (out_dir / f"report_{run}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (out_dir / f"report_{run}.md").write_text(_report_md(payload, run))
+        _histogram_png(payload["duration_histogram"], out_dir / f"durations_{run}.png")
         return payload
 
 

@@ -20,7 +20,7 @@ class TestSet:
     source: str  # what the user named
     cuts: Path  # cuts file or Shar dir that is read
     kind: str  # "cuts" | "shar" | "nemo-manifest" | "folder"
-    rejected: int = 0  # items data_prep refused (listed in <cuts dir>/rejected.jsonl)
+    rejected: int = 0  # items data_prep refused (listed in <cuts dir>/rejected_test.jsonl)
 
 
 def _kind(path: Path) -> str:
@@ -43,7 +43,7 @@ def _kind(path: Path) -> str:
 def resolve_test_set(spec: str, work_dir: Path, taken: set[str] = frozenset()) -> TestSet:
     """``[NAME=]PATH`` -> a readable test set; NeMo manifests and audio folders go through data_prep's checks.
 
-    Items data_prep rejects are counted and listed (``rejected.jsonl``), never dropped silently.
+    Items data_prep rejects are counted and listed (``rejected_test.jsonl``), never dropped silently.
     """
     name, _, path_text = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
     path = Path(path_text)
@@ -65,5 +65,5 @@ def resolve_test_set(spec: str, work_dir: Path, taken: set[str] = frozenset()) -
     report = write_validated(items, out, "test", ValidationConfig(max_duration_s=3600.0))
     if report.rejected:
         print(f"test set '{name}': {report.rejected} of {report.read} items rejected by data_prep's checks "
-              f"(reasons: {dict(report.reasons)}); listed in {out / 'rejected.jsonl'}")
+              f"(reasons: {dict(report.reasons)}); listed in {out / 'rejected_test.jsonl'}")
     return TestSet(name, spec, out / "cuts_test.jsonl.gz", kind, report.rejected)

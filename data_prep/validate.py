@@ -3,8 +3,9 @@
 A source yields :class:`Item` (a cut to check) or :class:`Rejected` (an input
 that could not even become a cut: a malformed JSON line, a non-UTF-8 line).
 :func:`write_validated` checks the cuts, writes ``cuts_<split>.jsonl.gz``,
-``rejected.jsonl`` and ``report.json``, streaming, so memory stays flat
-whatever the input length; ``kept + rejected == read`` always.
+``rejected_<split>.jsonl`` and ``report_<split>.json`` (one run's splits joined
+with ``+`` when it splits by ratio), streaming, so memory stays flat whatever
+the input length; ``kept + rejected == read`` always.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from lhotse.utils import fastcopy
 
 from data_prep.report import Report
+from streamtune.data import unsafe_source
 from streamtune.errors import UserError
 from streamtune.text import normalise_text
 
@@ -76,8 +78,17 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
     def reject(reason: str, detail: str):
         return None, Rejected(cut.id, reason, f"{item.origin}: {detail}"), []
 
+    unsafe = unsafe_source(cut)
+    if unsafe:  # before anything reads the audio: Lhotse would run or fetch what the data names
+        return reject("unsafe_source", unsafe)
+    raw = " ".join(s.text or "" for s in cut.supervisions)
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return reject("invalid_text", "the transcript is not valid Unicode (a lone surrogate)")
+
     # Case and punctuation are kept unless asked: the target model predicts both.
-    text = normalise_text(" ".join(s.text or "" for s in cut.supervisions), cfg.lowercase, cfg.strip_punctuation)
+    text = normalise_text(raw, cfg.lowercase, cfg.strip_punctuation)
     if not text:
         return reject("empty_text", "the transcript is empty or whitespace; fix the transcript or drop the item")
     if cfg.alphabet is not None:
@@ -103,11 +114,13 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
         if len(rec.channel_ids) > 1:
             return reject("multichannel_audio", f"{len(rec.channel_ids)} channels at {rec.sampling_rate} Hz; "
                           "convert to mono before preparing (which channel to keep is yours to say)")
-        if rec.num_samples == 0 or samples.size == 0:
+        if rec.num_samples == 0:
             return reject("empty_audio", "audio has no samples")
         if cut.start + cut.duration > rec.duration + cfg.duration_tolerance_s:
             return reject("duration_mismatch", f"declared {cut.start:.3f}+{cut.duration:.3f} s but the file holds "
                           f"{rec.duration:.3f} s (truncated file, or wrong duration/offset in the manifest)")
+        if samples.size == 0:
+            return reject("empty_audio", "the declared span of the audio has no samples")
         if not np.isfinite(samples).all():
             return reject("nonfinite_samples", "audio contains NaN or inf samples")
         if float(np.abs(samples).max()) < cfg.silence_peak:
@@ -231,12 +244,17 @@ def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split
     seen = IdSet()
     paths = {name: out_dir / f"cuts_{name}.jsonl.gz" for name in splits}
     tmp = {name: p.with_name(p.name + ".tmp.jsonl.gz") for name, p in paths.items()}
-    tmp_rejected = out_dir / "rejected.jsonl.tmp"
+    run = run_name(splits)  # reports are per run, so that preparing another split never overwrites them
+    tmp_rejected = out_dir / f"rejected_{run}.jsonl.tmp"
 
     def check(item):
-        if isinstance(item, Item):
+        if not isinstance(item, Item):
+            return item.item, None, item, []
+        try:
             return (item.origin, *check_item(item, cfg))
-        return item.item, None, item, []
+        except Exception as err:  # a cut malformed in a way no check names: rejected, never a crash mid-file
+            return item.origin, None, Rejected(getattr(item.cut, "id", item.origin), "malformed_item",
+                                               f"{item.origin}: {type(err).__name__}: {str(err)[:200]}"), []
 
     with ExitStack() as stack:
         writers = {name: stack.enter_context(CutSet.open_writer(path)) for name, path in tmp.items()}
@@ -270,13 +288,19 @@ def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split
     assert report.kept + report.rejected == report.read
     for name in splits:
         tmp[name].replace(paths[name])
-    tmp_rejected.replace(out_dir / "rejected.jsonl")
-    report.write(out_dir, ", ".join(splits))
+    tmp_rejected.replace(out_dir / f"rejected_{run}.jsonl")
+    report.write(out_dir, run)
     print(f"read {report.read}, kept {report.kept} ({report.kept_s / 3600:.3f} h: {dict(report.per_split)}), "
           f"rejected {report.rejected}" + (f": {dict(report.reasons)}" if report.reasons else "") + f" -> {out_dir}")
     if report.kept == 0:
-        raise UserError(f"nothing valid remains of {report.read} items; see {out_dir / 'rejected.jsonl'} for why")
+        raise UserError(f"nothing valid remains of {report.read} items; see {out_dir / f'rejected_{run}.jsonl'} "
+                        "for why")
     return report
+
+
+def run_name(splits: list[str]) -> str:
+    """What a run's reports are named after: its split, or its splits joined (``train+dev+test``)."""
+    return "+".join(splits)
 
 
 def _ordered_map(pool, fn, items, window: int):

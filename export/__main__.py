@@ -78,11 +78,11 @@ def _report(payload: dict, path: Path, table: str, failure: str, success: str) -
     return 0
 
 
-def run_verify(bundle: Path) -> int:
+def run_verify(bundle: Path, expect_manifest_sha256: str | None = None) -> int:
     from export.verify import VerifyError, verify
 
     try:
-        lines = verify(bundle)
+        lines = verify(bundle, expect_manifest_sha256)
     except VerifyError as err:
         print(f"FAIL: {bundle}: {err}", file=sys.stderr)
         return 1
@@ -97,17 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--model", help="a local .nemo file (every step but verify)")
     parser.add_argument("--bundle", help="verify: the bundle dir (default: the recipe's export.dist_dir/<name>)")
+    parser.add_argument("--expect-manifest-sha256", metavar="HEX",
+                        help="verify: the sha256 of manifest.json as its publisher states it (package prints it)")
     add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
     if args.step == "verify" and args.bundle:
-        return run_verify(Path(args.bundle))
+        return run_verify(Path(args.bundle), args.expect_manifest_sha256)
     if not args.config:
         raise UserError(f"`python -m export {args.step}` needs --config RECIPE" +
                         (" (or --bundle DIR)" if args.step == "verify" else ""))
     cfg = load_config(args.config, args.overrides)
     bundle = bundle_dir(cfg)
     if args.step == "verify":
-        return run_verify(bundle)
+        return run_verify(bundle, args.expect_manifest_sha256)
     if not args.model:
         raise UserError(f"`python -m export {args.step}` needs --model (a local .nemo file)")
 
@@ -130,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             from export.package import package
 
             package(model, Path(args.model), bundle, cfg, modes, utts[0])
-            print(f"bundle ready: {bundle}")
+            from export.parity import sha256_file
+
+            print(f"bundle ready: {bundle}; manifest.json sha256 {sha256_file(bundle / 'manifest.json')} "
+                  "(publish it: `verify --expect-manifest-sha256` checks it)")
             rc = 0
         else:
-            rc = run_verify(bundle)
+            rc = run_verify(bundle, args.expect_manifest_sha256)
         if rc:
             return rc
     return 0

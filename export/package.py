@@ -97,15 +97,28 @@ def write_sample(model, utt, bundle: Path, modes) -> Path:
     return out
 
 
+def _prep_report(cuts: Path) -> tuple[Path, dict] | None:
+    """data_prep's report for a ``cuts_<split>.jsonl.gz``: the ``report_*.json`` beside it that kept that split."""
+    split = cuts.name.removeprefix("cuts_").split(".")[0]
+    for path in sorted(cuts.parent.glob("report_*.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if split in report.get("kept_per_split", {}):
+            return path, report
+    return None
+
+
 def _data_summary(cfg) -> str:
     train = cfg.data.get("train")
     if not train:
         return "No training data recorded in the config."
-    report = Path(str(train)).parent / "report.json"
-    if report.exists():
-        r = json.loads(report.read_text())
-        return (f"`{train}`, prepared by data_prep: {r.get('read')} items read, {r.get('kept')} kept "
-                f"({r.get('kept_s', 0) / 3600:.2f} h), {r.get('rejected')} rejected ({r.get('reasons', {})}).")
+    report = _prep_report(Path(str(train)))
+    if report is not None:
+        path, r = report
+        return (f"`{train}`, prepared by data_prep ({path.name}): {r.get('read')} items read, {r.get('kept')} kept "
+                f"({r.get('kept_hours', 0):.2f} h), {r.get('rejected')} rejected ({r.get('rejected_reasons', {})}).")
     try:
         from lhotse import CutSet
 
@@ -114,7 +127,7 @@ def _data_summary(cfg) -> str:
         n, secs = 0, 0.0
         for c in cuts:
             n, secs = n + 1, secs + c.duration
-        return f"`{train}`: {n} utterances, {secs / 3600:.2f} h (no data_prep report.json beside it)."
+        return f"`{train}`: {n} utterances, {secs / 3600:.2f} h (no data_prep report beside it)."
     except Exception as err:  # noqa: BLE001 - the card says what it could not read, the bundle is still made
         return f"`{train}` (could not be read for a summary: {err})."
 

@@ -1,4 +1,11 @@
-"""Checkpoints that survive a crash mid-write, and finding the one to resume from."""
+"""Checkpoints that survive a crash mid-write, load without running code, and finding the one to resume from.
+
+A Lightning ``.ckpt`` is a pickle: loading one with ``torch.load(weights_only=False)`` runs whatever it names.
+Every ``.ckpt`` streamtune reads (resume, ``model.init_from``, Lightning's own restore through
+:class:`AtomicCheckpointIO`) is loaded with ``weights_only=True`` and an allow-list of the plain data types a
+checkpoint holds: tensors, numbers, strings, containers, OmegaConf configs (NeMo's model config) and numpy
+arrays (RNG states of earlier releases). A checkpoint that names anything else is refused, naming it.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,50 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 STEP = re.compile(r"^step(\d+)")
 
 
+def _safe_globals() -> list:
+    import collections
+    import typing
+
+    import numpy as np
+    from omegaconf import DictConfig, ListConfig, nodes
+    from omegaconf.base import ContainerMetadata, Metadata
+
+    omegaconf = [DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.BooleanNode,
+                 nodes.BytesNode, nodes.FloatNode, nodes.IntegerNode, nodes.PathNode, nodes.StringNode]
+    core = getattr(np, "_core", None) or np.core
+    arrays = [np.ndarray, np.dtype, core.multiarray._reconstruct, *{type(np.dtype(t)) for t in "?bBhHiIlLqQefdgFDG"}]
+    return [*omegaconf, *arrays, collections.defaultdict, collections.OrderedDict, typing.Any,
+            int, float, str, bool, bytes, list, dict, tuple, set]
+
+
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
+    """``torch.load`` of a ``.ckpt`` that cannot run code; a :class:`UserError` naming what a refused one needs."""
+    import pickle
+    import re
+
+    import torch
+
+    from streamtune.errors import UserError
+
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        match = re.search(r"GLOBAL ([\w.]+)", str(err))
+        needs = f"'{match.group(1)}'" if match else "an object of a type outside the allowed ones"
+        raise UserError(f"checkpoint '{path}' is refused: loading it would have to create {needs}, which can run "
+                        "code (a streamtune checkpoint holds only tensors, numbers and configs)") from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``.
 
     A process killed at any moment leaves either the previous file or the complete new one under the final
     name, never a truncated checkpoint (Lightning's own save goes through a temp file in /tmp and a copy).
     """
+
+    def load_checkpoint(self, path, map_location=None) -> dict:
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         import torch
@@ -46,11 +91,13 @@ def checkpoint_step(path: Path) -> int | None:
 
 def readable_checkpoint(path: Path) -> dict | None:
     """The checkpoint's ``global_step`` if it loads (memory-mapped, so cheap even for big files), else None."""
-    import torch
+    from streamtune.errors import UserError
 
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        ckpt = load_checkpoint(path, mmap=True)
         return {"global_step": int(ckpt["global_step"])} if "state_dict" in ckpt else None
+    except UserError:
+        raise
     except Exception:
         return None
 

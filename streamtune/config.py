@@ -11,6 +11,7 @@ with a leading ``+`` (``+model.encoder.xscaling=false``).
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -104,6 +105,8 @@ class LoggerConfig:
     # W&B: "disabled", "offline" (the real client, no network) or "online".
     wandb_mode: str = "disabled"
     wandb_project: str = "streamtune"
+    # Seconds `finish()` may wait for uploads at the end of an online run (what is left stays for `wandb sync`).
+    wandb_finish_timeout_s: float = 60.0
     csv: bool = True
 
 
@@ -310,16 +313,39 @@ def require(cfg: DictConfig, keys: list[str]) -> None:
             raise UserError(f"config key '{key}' is required; set it in the recipe or pass {key}=VALUE")
 
 
-def resolved(cfg: DictConfig, allow_missing: bool = False) -> DictConfig:
+@contextmanager
+def _environment_kept():
+    """While active, ``${oc.env:NAME}`` resolves to its own text: a secret read from the environment stays an
+    interpolation (in every value derived from it too) instead of being written out."""
+    from omegaconf.basecontainer import BaseContainer
+
+    saved = BaseContainer._resolvers.get("oc.env")
+
+    def keep(name, default=_NO_DEFAULT):
+        return "${oc.env:" + str(name) + ("" if default is _NO_DEFAULT else f",{default}") + "}"
+
+    OmegaConf.register_new_resolver("oc.env", keep, replace=True)
+    try:
+        yield
+    finally:
+        BaseContainer._resolvers["oc.env"] = saved
+
+
+_NO_DEFAULT = object()
+
+
+def resolved(cfg: DictConfig, allow_missing: bool = False, keep_secrets: bool = False) -> DictConfig:
     """A resolved copy (interpolations replaced by values), still checked for errors.
 
     ``allow_missing`` keeps unset ``???`` values as they are (a stage saving the config it ran with need not set
-    keys only another stage reads); otherwise every one of them is named in one error.
+    keys only another stage reads); otherwise every one of them is named in one error. ``keep_secrets`` leaves
+    ``${oc.env:...}`` (API keys, tokens) as interpolations: for every config that is written or logged.
     """
     if not allow_missing:
         missing_keys(cfg)
     try:
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=not allow_missing)
+        with _environment_kept() if keep_secrets else nullcontext():
+            container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=not allow_missing)
     except MissingMandatoryValue as err:
         raise UserError(f"config key '{err.full_key}' is required (it is ??? in the recipe)") from None
     except OmegaConfBaseException as err:
@@ -331,7 +357,7 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     """Write the resolved config beside an output, so the output says how it was made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
+    path.write_text(OmegaConf.to_yaml(resolved(cfg, allow_missing=True, keep_secrets=True)))
     return path
 
 

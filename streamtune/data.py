@@ -11,6 +11,42 @@ import numpy as np
 from streamtune.errors import UserError
 
 SAMPLE_RATE = 16000
+# Audio the pipeline reads: plain files with these suffixes (decoded by libsndfile) and in-memory audio (Shar).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+SAFE_SOURCE_TYPES = ("file", "memory", "shar")
+
+
+def _recordings(cut) -> list:
+    """The recordings a cut reads its audio from (a mixed cut has one per track; padding has none)."""
+    if getattr(cut, "tracks", None) is not None:
+        return [rec for track in cut.tracks for rec in _recordings(track.cut)]
+    rec = getattr(cut, "recording", None)
+    return [rec] if rec is not None else []
+
+
+def unsafe_source(cut) -> str | None:
+    """Why reading this cut's audio could run or fetch something the data names; None when it is safe.
+
+    Lhotse runs a ``command`` source in a shell, fetches a ``url`` one, and pastes a ``.sph`` path into an
+    ``sph2pipe`` shell command; a file of another suffix may go to other external decoders. So only plain files
+    with a known audio suffix and in-memory (Shar) audio are read, from any input.
+    """
+    for rec in _recordings(cut):
+        for source in rec.sources:
+            if source.type not in SAFE_SOURCE_TYPES:
+                return f"audio source of type '{source.type}' ({str(source.source)[:80]!r}); only files are read"
+            if source.type == "file" and Path(str(source.source)).suffix.lower() not in AUDIO_SUFFIXES:
+                return (f"audio file {source.source!r} is not one of {', '.join(AUDIO_SUFFIXES)}; convert it "
+                        "(e.g. with sox or ffmpeg) before preparing")
+    return None
+
+
+def check_safe(cut, where: str) -> None:
+    """A :class:`UserError` naming the cut when :func:`unsafe_source` refuses it."""
+    why = unsafe_source(cut)
+    if why:
+        raise UserError(f"{where}: cut '{cut.id}' is refused: {why}. Prepare the data with `python -m data_prep`, "
+                        "which rejects such items and lists them in rejected_<split>.jsonl")
 
 
 @dataclass
@@ -53,6 +89,7 @@ def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float
     for cut in _open_cuts(cuts_path):
         if (max_utts and len(utts) >= max_utts) or (max_audio_s and sum(u.duration_s for u in utts) >= max_audio_s):
             break
+        check_safe(cut, str(cuts_path))
         utts.append(read_utterance(cut))
     if not utts:
         raise UserError(f"cuts file '{cuts_path}' has no utterances")
@@ -77,6 +114,7 @@ def utterance_batches(cuts_path: str | Path, batch_size: int, window: int | None
         pending.clear()
 
     for cut in _open_cuts(cuts_path):
+        check_safe(cut, str(cuts_path))
         seen += 1
         pending.append(cut)
         if len(pending) >= window:

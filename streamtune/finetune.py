@@ -89,10 +89,10 @@ def describe_changes(changes, where: str) -> str:
 def _base_config(path: Path):
     """(config, loader) of a start point: a .nemo archive or a Lightning checkpoint made by NeMo."""
     if path.suffix == ".ckpt":
-        import torch
+        from streamtune.checkpointing import load_checkpoint
 
+        ckpt = load_checkpoint(path)  # refuses one that would run code
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
             base = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
         except Exception as err:
             raise UserError(f"model.init_from '{path}' is not a NeMo Lightning checkpoint: {err}") from None

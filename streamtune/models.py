@@ -24,7 +24,11 @@ def check_model_config(cfg: DictConfig) -> None:
     if cfg.data.train:
         survey_training_data(cfg.data)  # empty transcripts, impossible duration bounds (cached for the run)
     if cfg.model.get("init_from"):
-        start_point(cfg)
+        path = start_point(cfg)
+        if path.suffix == ".ckpt":
+            from streamtune.checkpointing import load_checkpoint
+
+            load_checkpoint(path, mmap=True)  # refuses a pickle that would run code, before a run dir exists
         dataset_configs(cfg, 16000)
         recipe_model_section(cfg)
     else:

@@ -1,4 +1,10 @@
-"""Run directories: ``<output_dir>/<name>/<timestamp>/`` with ``config.yaml`` and ``env.json``."""
+"""Run directories: ``<output_dir>/<name>/<timestamp>/`` with ``config.yaml`` and ``env.json``.
+
+One process at a time: the first process of a launch holds an exclusive lock on its run dir (and, with
+``run.resume=auto``, on the run name, so that two auto-resumers cannot pick the same run) for as long as it
+lives; the kernel releases it when the process ends, however it ends. ``<name>/latest`` moves only when a run
+completes; ``run.resume=auto`` finds the newest run by its checkpoints, not by that link.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ def environment() -> dict:
 
 
 def make_run_dir(output_dir: str | Path, name: str) -> Path:
-    """Create a fresh timestamped run dir and point ``<output_dir>/<name>/latest`` at it."""
+    """Create a fresh timestamped run dir (``latest`` moves to it only when the run completes)."""
     base = Path(output_dir) / name
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -66,7 +72,6 @@ def make_run_dir(output_dir: str | Path, name: str) -> Path:
         run_dir = base / f"{stamp}-{suffix}"
         suffix += 1
     run_dir.mkdir()
-    _point_latest(run_dir)
     return run_dir
 
 
@@ -94,8 +99,8 @@ def forget_run_dir() -> None:
         os.environ.pop(var, None)
 
 
-def _point_latest(run_dir: Path) -> None:
-    """Atomically re-point ``<name>/latest`` (it is never missing or half-written)."""
+def mark_latest(run_dir: Path) -> None:
+    """Atomically re-point ``<name>/latest`` at a run that completed (it is never missing or half-written)."""
     latest = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -146,9 +151,41 @@ def resolve_run_dir(cfg) -> tuple[Path, Path | None, int]:
         if run_dir is None:
             raise UserError("a multi-process launch needs a shared launch id (SLURM_JOB_ID or torchrun's "
                             "--rdzv-id); see README 'Many GPUs and nodes'")
-    if is_global_zero():
-        _point_latest(run_dir)
     os.environ["STREAMTUNE_RUN_DIR"] = str(run_dir)  # children started by Lightning's launcher inherit it
     os.environ["STREAMTUNE_RESUME_CKPT"] = str(ckpt) if ckpt else ""
     os.environ["STREAMTUNE_RESUME_STEP"] = str(step)
     return run_dir, ckpt, step
+
+
+_HELD: list = []  # lock files of this process, kept open (and so locked) until it exits
+
+
+def hold_lock(path: Path, what: str) -> None:
+    """Take an exclusive lock on ``path`` for the rest of this process, or a :class:`UserError` naming the holder."""
+    import fcntl
+
+    from streamtune.errors import UserError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{what} is in use by {holder}; wait for it to finish (or stop it) first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"train.py pid {os.getpid()} on {platform.node()}")
+    handle.flush()
+    _HELD.append(handle)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files of saves a killed process never finished (checkpoints, final.nemo); this process holds
+    the run dir's lock, so no save of another process is in flight."""
+    stale = [*run_dir.glob("checkpoints/.*.tmp-*"), *run_dir.glob(".*.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamtune.data import check_safe
 from streamtune.errors import UserError
 
 # Ids named in a message; the run dir's skipped.jsonl lists them all.
@@ -108,6 +109,7 @@ def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool) 
     for path in _paths(json.loads(spec_json)):
         for cuts_file in _cut_files(path):
             for cut in CutSet.from_jsonl_lazy(cuts_file):
+                check_safe(cut, f"data.train {path}")
                 out.cuts += 1
                 duration = float(cut.duration)
                 if duration < min_s:

@@ -29,8 +29,12 @@ def _write_manifest(path: Path, lines: list) -> Path:
     return path
 
 
-def _rejected(out: Path) -> list[dict]:
-    return [json.loads(line) for line in open(out / "rejected.jsonl")]
+def _rejected(out: Path, run: str = "train") -> list[dict]:
+    return [json.loads(line) for line in open(out / f"rejected_{run}.jsonl")]
+
+
+def _report(out: Path, run: str = "train") -> dict:
+    return json.loads((out / f"report_{run}.json").read_text())
 
 
 def test_nemo_manifest_relative_paths_offsets_and_custom_fields(speech, tmp_path):
@@ -47,13 +51,13 @@ def test_nemo_manifest_relative_paths_offsets_and_custom_fields(speech, tmp_path
     out = tmp_path / "out"
     assert main(["nemo", "--manifest", str(tmp_path / "*.jsonl"), "--out", str(out), "--lang", "en"]) == 0
     cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
-    first = cuts[p0.stem]
+    first = cuts[f"audio__{p0.stem}"]  # ids: the path relative to the manifest's folder
     assert first.supervisions[0].text == t0 and abs(first.duration - d0) < 1e-6
     assert first.custom["domain"] == "home" and first.custom["source_lang"] == "en"
-    sliced = cuts[f"{p1.stem}-250"]
+    sliced = cuts[f"audio__{p1.stem}-250"]
     assert sliced.start == 0.25 and sliced.duration == 0.5
     assert sliced.load_audio().shape[-1] == 8000
-    report = json.loads((out / "report.json").read_text())
+    report = _report(out)
     assert (report["read"], report["kept"], report["rejected"]) == (3, 2, 1)
     assert report["rejected_reasons"] == {"other_language": 1}
 
@@ -104,7 +108,7 @@ def test_wrong_rate_mono_is_resampled_lazily(speech, tmp_path):
     assert cut.sampling_rate == 16000
     assert [t.to_dict()["kwargs"]["source_sampling_rate"] for t in cut.recording.transforms] == [8000]  # lazy
     assert abs(cut.load_audio().shape[-1] - round(cut.duration * 16000)) <= 1
-    assert json.loads((out / "report.json").read_text())["notes"] == {"resampled_8000hz": 1}
+    assert _report(out)["notes"] == {"resampled_8000hz": 1}
 
 
 def test_bad_inputs_each_rejected_with_a_distinct_reason(speech, corpus, tmp_path):
@@ -168,7 +172,7 @@ def test_bad_inputs_each_rejected_with_a_distinct_reason(speech, corpus, tmp_pat
         assert len(rej["detail"]) > 20  # readable, names the item
     assert got == {k: v for k, v in expected.items() if v}
     assert len(set(got.values())) == len(got), "each bad input has its own reason"
-    report = json.loads((out / "report.json").read_text())
+    report = _report(out)
     assert report["read"] == 14 and report["kept"] == 2 and report["kept"] + report["rejected"] == report["read"]
     assert len(CutSet.from_file(out / "cuts_train.jsonl.gz")) == 2
 
@@ -263,11 +267,11 @@ def test_ratio_split_is_deterministic_and_keeps_speakers_whole(corpus, tmp_path,
     assert main(args) == 0 and "up to date" in capsys.readouterr().out  # same inputs: skipped
     assert main([*args, "--force", "--num-jobs", "1"]) == 0  # redone serially: same assignment, same order
     assert {name: [c.id for c in CutSet.from_file(out / f"cuts_{name}.jsonl.gz")] for name in splits} == first
-    report = json.loads((out / "report.json").read_text())
+    report = _report(out, "train+dev+test")
     assert sum(report["kept_per_split"].values()) == 48 == sum(report["duration_histogram"]["counts"])
     from PIL import Image
 
-    assert Image.open(out / "durations.png").size == (640, 320)
+    assert Image.open(out / "durations_train+dev+test.png").size == (640, 320)
 
 
 def test_id_set_is_exact_for_many_ids():

@@ -226,3 +226,61 @@ def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
     feats = StreamingRunner(model, batch_size=1, feeding="export").features(audio).numpy()
     assert OrtStreamingDecoder(dst).decode(feats)[0] == OrtStreamingDecoder(src).decode(feats)[0]
     assert sherpa_decode(dst, [audio])[0] == sherpa_decode(src, [audio])[0]
+
+
+def test_verify_refuses_links_paths_outside_the_bundle_and_partial_samples(bundle, tmp_path, capsys):
+    from export.__main__ import main
+
+    def verify_fails(copy: Path, *needles: str, extra=()):
+        assert main(["verify", "--bundle", str(copy), *extra]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and all(n in err for n in needles), err
+
+    # A file replaced by a link to identical content.
+    copy = _copy(bundle, tmp_path / "link")
+    target = copy / "tokens.txt"
+    shutil.copy(target, tmp_path / "tokens-elsewhere.txt")
+    target.unlink()
+    target.symlink_to(tmp_path / "tokens-elsewhere.txt")
+    verify_fails(copy, "tokens.txt: a link")
+    # A manifest entry that points outside the bundle (the file exists there, with the right hash).
+    copy = _copy(bundle, tmp_path / "outside")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (tmp_path / "outside" / "x.txt").write_text("hello")
+    manifest["files"]["../x.txt"] = {"bytes": 5, "sha256": hashlib.sha256(b"hello").hexdigest()}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    verify_fails(copy, "../x.txt: listed in manifest.json with a path outside the bundle")
+    # An emptied sample set, re-hashed into the manifest so that the hashes alone pass.
+    copy = _copy(bundle, tmp_path / "empty")
+    (copy / "sample" / "expected.json").write_text(json.dumps({"modes": {}}))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    data = (copy / "sample" / "expected.json").read_bytes()
+    manifest["files"]["sample/expected.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    verify_fails(copy, "sample/expected.json: no recorded tokens for")
+    # A manifest with an entry missing its keys: one line, no traceback.
+    copy = _copy(bundle, tmp_path / "keys")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["tokens.txt"]["sha256"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    verify_fails(copy, "manifest.json: unreadable or incomplete")
+
+
+def test_the_manifest_digest_catches_a_rewritten_bundle(bundle, tmp_path, capsys):
+    """Edit a file and rewrite the manifest to match: only the published manifest sha256 tells."""
+    from export.__main__ import main
+    from export.parity import sha256_file
+
+    published = sha256_file(bundle / "manifest.json")
+    assert main(["verify", "--bundle", str(bundle), "--expect-manifest-sha256", published]) == 0
+    assert f"manifest.json sha256 {published} (as stated)" in capsys.readouterr().out
+    copy = _copy(bundle, tmp_path)
+    card = copy / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\nThis model is approved for medical use.\n")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["MODEL_CARD.md"] = {"bytes": card.stat().st_size, "sha256": sha256_file(card)}
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    assert main(["verify", "--bundle", str(copy)]) == 0, "self-consistent: passes without the published digest"
+    capsys.readouterr()
+    assert main(["verify", "--bundle", str(copy), "--expect-manifest-sha256", published]) == 1
+    assert f"not the {published} the publisher states" in capsys.readouterr().err

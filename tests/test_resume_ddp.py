@@ -41,13 +41,16 @@ def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_pa
     killed = run_probe([*common, f"run.output_dir={tmp_path / 'killed'}"], tmp_path / "p-killed",
                        PROBE_KILL_IN_SAVE="6")
     assert killed.returncode == -9, "SIGKILLed while writing step 6"
-    ckpts = tmp_path / "killed" / "tiny_cpu" / "latest" / "checkpoints"
+    assert not (tmp_path / "killed" / "tiny_cpu" / "latest").exists(), "`latest` names completed runs only"
+    (run_dir,) = [p for p in (tmp_path / "killed" / "tiny_cpu").iterdir() if p.is_dir()]
+    ckpts = run_dir / "checkpoints"
     assert list(ckpts.glob(".step0000006.ckpt.tmp-*")), "the half-written file is there, under a temporary name"
     assert (ckpts / "last.ckpt").resolve().name == "step0000004.ckpt", "last still points at a whole checkpoint"
 
     resumed = run_probe([*common, f"run.output_dir={tmp_path / 'killed'}", "run.resume=auto"], tmp_path / "p-resumed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(resuming from step0000004" in resumed.stdout and ", step 4)" in resumed.stdout
+    assert not list(ckpts.glob(".*.tmp-*")), "the killed save's temporary file is removed on resume"
 
     # The same data, batch for batch: killed run = straight steps 0-5, resumed run = straight steps 4-7.
     reference = seen(tmp_path / "p-straight")
@@ -79,3 +82,47 @@ def test_ddp_two_processes_gloo(tiny_overrides, tmp_path):
     assert all(torch.equal(w0[k], w1[k]) for k in w0), "DDP kept the replicas identical"
     runs = [p for p in (tmp_path / "tiny_cpu").iterdir() if not p.is_symlink()]
     assert len(runs) == 1 and (runs[0] / "final.nemo").exists(), "one run dir shared by both ranks"
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tiny_overrides, tmp_path):
+    """A real SIGTERM from outside while training: the step in progress finishes, a checkpoint is written there,
+    the process exits 143 without final.nemo or `latest`; run.resume=auto then gives the straight run's batches
+    and bitwise-equal final weights."""
+    import signal
+    import time
+
+    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=",
+                                                           "trainer.val_check_interval="))]
+    common = [*base, "trainer.max_steps=10", "trainer.val_check_interval=10", "trainer.checkpoint_every_n_steps=100"]
+    straight = run_probe([*common, f"run.output_dir={tmp_path / 'straight'}"], tmp_path / "p-straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    probe_dir = tmp_path / "p-term"
+    probe_dir.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMTUNE_", "PROBE_"))}
+    proc = subprocess.Popen([sys.executable, str(PROBE), "--config", str(DEMO_RECIPE), *common,
+                             f"run.output_dir={tmp_path / 'term'}"], env={**clean, "PROBE_DIR": str(probe_dir)},
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen_file = probe_dir / "seen-rank0.jsonl"
+        if seen_file.exists() and len(seen_file.read_text().splitlines()) >= 4:  # mid-epoch: step 4 started
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    (run_dir,) = [p for p in (tmp_path / "term" / "tiny_cpu").iterdir() if p.is_dir()]
+    assert "SIGTERM: stopped after step" in out and not (run_dir / "final.nemo").exists()
+    assert not (tmp_path / "term" / "tiny_cpu" / "latest").exists()
+    stopped = len(seen(probe_dir))
+    assert 4 <= stopped < 10 and (run_dir / "checkpoints" / f"step{stopped:07d}.ckpt").exists()
+
+    resumed = run_probe([*common, f"run.output_dir={tmp_path / 'term'}", "run.resume=auto"], tmp_path / "p-resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = seen(tmp_path / "p-straight")
+    assert seen(probe_dir) == reference[:stopped] and seen(tmp_path / "p-resumed") == reference[stopped:]
+    a = torch.load(tmp_path / "p-straight" / "weights-rank0.pt")
+    b = torch.load(tmp_path / "p-resumed" / "weights-rank0.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "final weights bitwise equal to the straight run's"
+    assert (tmp_path / "term" / "tiny_cpu" / "latest").resolve() == run_dir

@@ -40,14 +40,16 @@ class Probe(pl.Callback):
 
 def main() -> int:
     out = Path(os.environ["PROBE_DIR"])
-    build = train.build_trainer
+    import streamtune.training
+
+    build = streamtune.training.build_trainer
 
     def build_trainer(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.callbacks.insert(0, Probe(out))
         return trainer
 
-    train.build_trainer = build_trainer
+    streamtune.training.build_trainer = build_trainer
     kill_at = os.environ.get("PROBE_KILL_IN_SAVE")
     if kill_at:
         real_save = torch.save
