@@ -37,7 +37,7 @@ def timed(*args, **kwargs):
     finally:
         scoring[0] += time.perf_counter() - start
 evaluation.corpus_scores = timed
-import evaluate
+from streamtune.stages import evaluate
 start = time.perf_counter()
 code = evaluate.main(sys.argv[1:])
 total = time.perf_counter() - start

@@ -88,7 +88,7 @@ def _failure(err: BaseException) -> str:
 
 def export_both(model, mode, root: Path, log) -> dict:
     """fp32 (``export_mode``) and int8 (``quantize_dir``) directories for one mode, with what went wrong."""
-    from export.onnx_export import export_mode, quantize_dir
+    from streamtune.stages.export.onnx_export import export_mode, quantize_dir
 
     fp32, int8 = root / f"{mode.chunk_ms}ms", root / f"{mode.chunk_ms}ms-int8"
     info = {"fp32": fp32, "int8": int8, "quantize_error": None}
@@ -113,7 +113,7 @@ def export_both(model, mode, root: Path, log) -> dict:
 def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int, reps: int, quiet_wait: float,
             log) -> dict:
     """Interleaved repetitions of the three sides on ``feats``; per side the tokens and median times."""
-    from export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
     from streamtune.streaming import StreamingRunner
 
     runner = StreamingRunner(model, batch_size=1, feeding="export")

@@ -1,1 +1,1 @@
-"""Data preparation: sources become validated Lhotse cuts (``python -m data_prep <source> ...``)."""
+"""``python -m data_prep`` in a checkout (installed: ``streamtune-prep``); the code: streamtune/stages/data_prep/."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -45,15 +46,16 @@ class ChunkWER(pl.Callback):
 
     NeMo validates only the default (first) ``att_context_size``. Decoding here is offline with each mode's
     attention mask, which our streaming runner proves equal to chunk-by-chunk streaming (export parity).
+    With an :class:`EMA` of the weights, those metrics are the averaged weights' and ``val_wer_*_raw`` the
+    raw weights'.
     """
 
-    def __init__(self, dev_cuts: str, batch_size: int = 8):
+    def __init__(self, dev_cuts: str, batch_size: int = 8, ema: EMA | None = None):
         self.dev_cuts = dev_cuts
         self.batch_size = batch_size
+        self.ema = ema
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
+    def _wers(self, pl_module) -> dict[str, float]:
         from streamtune.chunks import chunk_modes
         from streamtune.data import utterance_batches
         from streamtune.metrics import ErrorCounts, corpus_errors
@@ -70,11 +72,87 @@ class ChunkWER(pl.Callback):
                 totals[mode.chunk_ms] += corpus_errors(refs, runner.offline(mode, feats).texts)[0]
         wers = {f"val_wer_{ms}ms": total.wer for ms, total in totals.items()}
         wers["val_wer_mean"] = sum(wers.values()) / len(wers)
+        return wers
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        wers = self._wers(pl_module)
+        if self.ema is not None and self.ema.ready:
+            raw = {f"{k}_raw": v for k, v in wers.items()}
+            with self.ema.swapped_in(pl_module):
+                wers = self._wers(pl_module)
+            wers.update(raw)
         for key, value in wers.items():
             pl_module.log(key, value, on_epoch=True, prog_bar=key == "val_wer_mean", sync_dist=False)
         if trainer.is_global_zero:  # one readable line per validation in the console / log file
             print(f"step {trainer.global_step} dev WER: " + ", ".join(
                 f"{k.removeprefix('val_wer_')} {100 * v:.2f}%" for k, v in wers.items()), flush=True)
+
+
+class EMA(pl.Callback):
+    """An exponential moving average of the trainable weights, updated after every optimiser step
+    (``torch.optim.swa_utils``' EMA update), kept in the checkpoint for an exact resume.
+
+    :class:`ChunkWER` validates both weight sets; ``train.py`` writes the average into ``final.nemo``.
+    """
+
+    def __init__(self, decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        self.decay = decay
+        self._update = get_ema_multi_avg_fn(decay)
+        self.average: dict[str, torch.Tensor] = {}
+        self._step = None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.average)
+
+    @staticmethod
+    def _params(pl_module) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_fit_start(self, trainer, pl_module):
+        params = self._params(pl_module)
+        if self.average:  # restored from a checkpoint
+            self.average = {n: t.to(params[n].device) for n, t in self.average.items()}
+        else:
+            self.average = {n: p.detach().clone() for n, p in params.items()}
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self._step:  # no optimiser step yet (gradient accumulation)
+            return
+        self._step = trainer.global_step
+        params = self._params(pl_module)
+        names = list(self.average)
+        self._update([self.average[n] for n in names], [params[n].detach() for n in names], None)
+
+    @contextlib.contextmanager
+    def swapped_in(self, pl_module):
+        """The averaged weights in the model for the duration of the block."""
+        params = self._params(pl_module)
+        raw = {n: params[n].detach().clone() for n in self.average}
+        self.copy_to(pl_module)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, t in raw.items():
+                    params[n].copy_(t)
+
+    @torch.no_grad()
+    def copy_to(self, pl_module) -> None:
+        params = self._params(pl_module)
+        for n, t in self.average.items():
+            params[n].copy_(t)
+
+    def state_dict(self):
+        return {"decay": self.decay, "average": self.average}
+
+    def load_state_dict(self, state_dict):
+        self.average = dict(state_dict["average"])
 
 
 class SkipNonFinite(pl.Callback):

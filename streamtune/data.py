@@ -32,12 +32,20 @@ def unsafe_source(cut) -> str | None:
     with a known audio suffix and in-memory (Shar) audio are read, from any input.
     """
     for rec in _recordings(cut):
-        for source in rec.sources:
-            if source.type not in SAFE_SOURCE_TYPES:
-                return f"audio source of type '{source.type}' ({str(source.source)[:80]!r}); only files are read"
-            if source.type == "file" and Path(str(source.source)).suffix.lower() not in AUDIO_SUFFIXES:
-                return (f"audio file {source.source!r} is not one of {', '.join(AUDIO_SUFFIXES)}; convert it "
-                        "(e.g. with sox or ffmpeg) before preparing")
+        why = unsafe_recording(rec)
+        if why:
+            return why
+    return None
+
+
+def unsafe_recording(rec) -> str | None:
+    """:func:`unsafe_source` for one Lhotse ``Recording``."""
+    for source in rec.sources:
+        if source.type not in SAFE_SOURCE_TYPES:
+            return f"audio source of type '{source.type}' ({str(source.source)[:80]!r}); only files are read"
+        if source.type == "file" and Path(str(source.source)).suffix.lower() not in AUDIO_SUFFIXES:
+            return (f"audio file {source.source!r} is not one of {', '.join(AUDIO_SUFFIXES)}; convert it "
+                    "(e.g. with sox or ffmpeg) before preparing")
     return None
 
 
@@ -57,6 +65,9 @@ class Utterance:
     duration_s: float
     # Word timings (word, start_s, end_s) when the cut's supervision carries a Lhotse "word" alignment.
     words: list[tuple[str, float, float]] | None = None
+    # Where the audio is (a file's path and the cut's offset in it), when it is a file: for NeMo manifests.
+    source: str | None = None
+    offset_s: float = 0.0
 
 
 def _open_cuts(cuts_path: str | Path):
@@ -76,7 +87,12 @@ def read_utterance(cut) -> Utterance:
     audio = cut.load_audio()
     audio = audio.mean(axis=0) if audio.ndim == 2 else audio
     text = " ".join(s.text for s in cut.supervisions if s.text)
-    return Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut))
+    rec = getattr(cut, "recording", None)
+    source = None
+    if rec is not None and len(rec.sources) == 1 and rec.sources[0].type == "file":
+        source = str(rec.sources[0].source)
+    return Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut), source,
+                     float(getattr(cut, "start", 0.0)))
 
 
 def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float = 0.0) -> list[Utterance]:

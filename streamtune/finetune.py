@@ -1,18 +1,26 @@
 """Start points and adaptation modes for fine-tuning.
 
-``model.init_from`` names a local ``.nemo`` (RNN-T or hybrid RNNT-CTC) or a
-Lightning ``.ckpt``. The recipe's ``model`` section is laid over the config the
+``model.init_from`` names a local ``.nemo`` (RNN-T or hybrid RNNT-CTC), a
+Lightning ``.ckpt``, or a model on the Hugging Face hub
+(``nvidia/nemotron-speech-streaming-en-0.6b``, found through NeMo's own
+``from_pretrained`` and the hub cache, so ``HF_HUB_OFFLINE=1`` works from a
+filled cache). The recipe's ``model`` section is laid over the config the
 start point carries: recipe values win (data, optimiser, SpecAugment, loss,
 context sizes and probabilities), the architecture must stay the same, and
 every change is reported. The start point's tokenizer is kept unless
 ``model.tokenizer_dir`` names a new one: then NeMo's ``change_vocabulary``
 rebuilds the prediction net and joint, and we rebuild the loss from the config
 (NeMo's rebuild silently resets FastEmit and the loss type to defaults).
+
+``model.init_include`` / ``model.init_exclude`` (module prefixes, e.g. ``[encoder]``) load only part of the
+start point, as NeMo's ``init_from_nemo_model`` does: the model is built fresh from the merged config and the
+selected tensors are copied in; the rest keeps its fresh initialisation (and may change shape).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -120,6 +128,11 @@ def start_from(cfg: DictConfig, trainer=None):
     if cfg.finetune.mode == "adapters":
         support_adapters(merged)
     report = describe_changes(config_changes(base, merged), str(path))
+    if str(path) != str(cfg.model.init_from):
+        report = f"init_from {cfg.model.init_from}: {path} (Hugging Face cache)\n" + report
+    if cfg.model.get("init_include") or cfg.model.get("init_exclude"):
+        model, part = _partial_start(cfg, path, ckpt, merged, trainer)
+        return model, f"{report}\n{part}"
     new_tok = cfg.model.get("tokenizer_dir")
     try:
         if ckpt is None:
@@ -128,10 +141,7 @@ def start_from(cfg: DictConfig, trainer=None):
             model = ASRModel.restore_from(str(path), override_config_path=merged, map_location="cpu",
                                           strict=True, trainer=trainer)
         else:
-            tok_dir = merged.tokenizer.get("dir")
-            if str(merged.tokenizer.get("model_path", "")).startswith("nemo:") or not Path(str(tok_dir)).is_dir():
-                raise UserError(f"the tokenizer of checkpoint '{path}' ({tok_dir}) is not on disk; "
-                                "start from the run's .nemo instead, or pass model.tokenizer_dir=DIR")
+            _checkpoint_tokenizer(merged, path)
             model = model_class(merged.target)(cfg=merged, trainer=trainer)
             model.load_state_dict(ckpt["state_dict"], strict=True)
     except Exception as err:
@@ -145,11 +155,90 @@ def start_from(cfg: DictConfig, trainer=None):
         if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
             raise UserError(f"the recipe changes the architecture of {path}, so its weights do not fit "
                             f"({str(err).splitlines()[0][:200]}). Fine-tuning recipes may change data, optimiser, "
-                            f"SpecAugment, loss and context sizes, not layer shapes.\n{report}") from None
+                            f"SpecAugment, loss and context sizes, not layer shapes (or load only part of the "
+                            f"start point: model.init_include / model.init_exclude).\n{report}") from None
         raise
     if new_tok:
         report += "\n" + change_tokenizer(model, new_tok)
     return model, report
+
+
+def _checkpoint_tokenizer(merged: DictConfig, path: Path) -> None:
+    tok_dir = merged.tokenizer.get("dir")
+    if str(merged.tokenizer.get("model_path", "")).startswith("nemo:") or not Path(str(tok_dir)).is_dir():
+        raise UserError(f"the tokenizer of checkpoint '{path}' ({tok_dir}) is not on disk; "
+                        "start from the run's .nemo instead, or pass model.tokenizer_dir=DIR")
+
+
+def _prefixes(value) -> list[str]:
+    """``model.init_include`` / ``init_exclude``: one prefix or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(p) for p in value]
+
+
+def _selected(key: str, prefixes: list[str]) -> bool:
+    return any(p == "" or key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _partial_start(cfg: DictConfig, path: Path, ckpt, merged: DictConfig, trainer):
+    """A model built fresh from ``merged`` with the start point's tensors under ``model.init_include`` (all when
+    unset) and not under ``model.init_exclude`` copied in; returns (model, report)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    include = _prefixes(cfg.model.get("init_include")) or [""]
+    exclude = _prefixes(cfg.model.get("init_exclude"))
+    tok_dir = cfg.model.get("tokenizer_dir")
+    if ckpt is None:
+        from nemo.collections.asr.models import ASRModel
+
+        source = ASRModel.restore_from(str(path), map_location="cpu")
+        state = source.state_dict()
+        if not tok_dir:  # the start point's tokenizer, on disk for as long as the model may be saved
+            tok_dir = tempfile.mkdtemp(prefix="streamtune-tokenizer-")
+            atexit.register(shutil.rmtree, tok_dir, ignore_errors=True)
+            from streamtune.tokenizers import save_tokenizer
+
+            save_tokenizer(source, tok_dir)
+        del source
+    else:
+        state = ckpt["state_dict"]
+        if not tok_dir:
+            _checkpoint_tokenizer(merged, path)
+            tok_dir = merged.tokenizer.dir
+    if not (Path(tok_dir) / "tokenizer.model").is_file():
+        raise UserError(f"model.tokenizer_dir '{tok_dir}' has no tokenizer.model; "
+                        "build one with `python -m data_prep tokenizer`")
+    with open_dict(merged):
+        merged.tokenizer = {"dir": str(tok_dir), "type": "bpe"}
+    for key, prefixes in (("init_include", include), ("init_exclude", exclude)):
+        for prefix in prefixes:
+            if prefix and not any(_selected(k, [prefix]) for k in state):
+                modules = sorted({k.split(".", 1)[0] for k in state})
+                raise UserError(f"model.{key} '{prefix}' names nothing in {path} (its modules: "
+                                f"{', '.join(modules)}; prefixes like encoder or encoder.layers.0)")
+    model = model_class(merged.target)(cfg=merged, trainer=trainer)
+    fresh = model.state_dict()
+    keep = {k: v for k, v in state.items() if _selected(k, include) and not (exclude and _selected(k, exclude))}
+    for key, value in keep.items():
+        if key not in fresh:
+            raise UserError(f"model.init_include keeps {key} of {path}, which the recipe's model does not have")
+        if fresh[key].shape != value.shape:
+            raise UserError(f"model.init_include keeps {key} of {path} with shape {tuple(value.shape)}, but the "
+                            f"recipe's model has {tuple(fresh[key].shape)}: leave it fresh (model.init_exclude)")
+    model.load_state_dict(keep, strict=False)
+    lines = [f"partial init from {path} (model.init_include={include if include != [''] else 'all'}, "
+             f"model.init_exclude={exclude or 'none'}): {len(keep)} of {len(fresh)} tensors loaded, the rest fresh"]
+    for module in sorted({k.split(".", 1)[0] for k in fresh}):
+        names = [k for k in fresh if k.split(".", 1)[0] == module]
+        loaded = sum(k in keep for k in names)
+        what = "loaded" if loaded == len(names) else "fresh" if loaded == 0 else "partly loaded"
+        lines.append(f"  {module}: {loaded} of {len(names)} tensors from the start point ({what})")
+    return model, "\n".join(lines)
 
 
 def rebuild_loss(model) -> None:
@@ -187,17 +276,78 @@ def change_tokenizer(model, tokenizer_dir: str) -> str:
             f"prediction net and joint re-initialised; loss rebuilt from model.loss")
 
 
+def check_style(cfg: DictConfig, path: Path) -> str:
+    """Compare the training transcripts' style with what the start point's tokenizer (or ``model.tokenizer_dir``)
+    writes: a UserError when the data would teach it to stop writing capitals or punctuation (unless
+    ``data.allow_style_change``); otherwise one line for model_setup.txt."""
+    from streamtune.style import TokenizerStyle, style_guard, tokenizer_pieces, weighted_shares
+    from streamtune.survey import survey_training_data
+
+    source = cfg.model.get("tokenizer_dir") or path
+    if not cfg.model.get("tokenizer_dir") and path.suffix == ".ckpt":
+        source = _base_config(path)[0].tokenizer.get("dir") or path
+    pieces = tokenizer_pieces(str(source))
+    if not pieces:
+        return f"transcript style: not compared (no SentencePiece tokenizer found in {source})"
+    writes = TokenizerStyle.of(pieces)
+    survey = survey_training_data(cfg.data)
+    shares = weighted_shares(survey.styles)
+    error, warnings = style_guard(shares, writes, str(cfg.model.init_from))
+    if error and not cfg.data.allow_style_change:
+        raise UserError(error)
+    can = [w for w, ok in (("capitals", writes.capitals), ("punctuation", writes.punctuation),
+                           ("digits", writes.digits)) if ok]
+    line = (f"transcript style: data.train {100 * shares['capitals']:.0f}% with capitals, "
+            f"{100 * shares['punctuation']:.0f}% with punctuation, {100 * shares['digits']:.0f}% with digits; the "
+            f"tokenizer writes {', '.join(can) or 'none of capitals, punctuation, digits'}")
+    if error:
+        line += " (style change allowed: data.allow_style_change=true)"
+    return "\n".join([line, *(f"warning: {w}" for w in warnings)])
+
+
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise UserError(f"finetune.mode must be one of {', '.join(MODES)}, not '{mode}'")
 
 
+# A hub model name: owner/name, no file suffix of ours.
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def start_point(cfg: DictConfig) -> Path:
-    """``model.init_from`` as an existing file (a clear error otherwise)."""
-    path = Path(cfg.model.init_from)
-    if not path.is_file():
-        raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file")
-    return path
+    """``model.init_from`` as an existing file: a local path, or a hub name resolved to the cached ``.nemo``
+    (a clear error otherwise)."""
+    spec = str(cfg.model.init_from)
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if HUB_NAME.fullmatch(spec) and path.suffix not in (".nemo", ".ckpt"):
+        return hub_model_file(spec)
+    raise UserError(f"model.init_from '{path}' does not exist; pass a local .nemo or .ckpt file, or a Hugging Face "
+                    "model name (nvidia/nemotron-speech-streaming-en-0.6b)")
+
+
+def hub_model_file(name: str) -> Path:
+    """The ``.nemo`` of hub model ``name``, the way NeMo's ``ASRModel.from_pretrained`` finds it: the Hugging Face
+    cache first, then a download (which ``HF_HUB_OFFLINE=1`` forbids)."""
+    from huggingface_hub import constants
+    from nemo.collections.asr.models import ASRModel
+
+    filename = f"{name.rsplit('/', 1)[-1]}.nemo"
+    try:
+        found = Path(ASRModel.from_pretrained(name, return_model_file=True))
+    except Exception as err:  # noqa: BLE001 - offline, not found, network: all end in the same advice
+        first = (str(err).splitlines() or [""])[0][:120]
+        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE
+               else f"downloading it failed ({type(err).__name__}: {first})")
+        raise UserError(f"model.init_from '{name}': {filename} is not in the Hugging Face cache "
+                        f"{constants.HF_HUB_CACHE} and {why}; fill the cache where there is network "
+                        f"(`hf download {name} {filename}`, then copy the cache here or point HF_HUB_CACHE at it), "
+                        "or pass a local .nemo") from None
+    if not found.is_file():
+        raise UserError(f"model.init_from '{name}': the hub repository has no {filename} ({found}); "
+                        "pass a local .nemo")
+    return found
 
 
 def apply_finetune_mode(model, fcfg) -> str:

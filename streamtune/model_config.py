@@ -1,9 +1,9 @@
 """A recipe's ``model`` and ``data`` sections as NeMo's model config: the one translation, used by fresh models
 (:func:`nemo_model_config`) and by fine-tuning start points (``streamtune.finetune``) alike.
 
-The ``model`` section is NeMo's own config with a few keys of ours (``OWN_KEYS``: the start point, the
-tokenizer, the context sizes and their probabilities); the ``data`` section becomes NeMo's Lhotse
-``train_ds`` / ``validation_ds``.
+The ``model`` section is NeMo's own config with a few keys of ours (``config.MODEL_KEYS``: the start point and
+what of it to load, the tokenizer, the context sizes and their probabilities); the ``data`` section becomes
+NeMo's Lhotse ``train_ds`` / ``validation_ds``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from streamtune.config import require, resolved
+from streamtune.config import MODEL_KEYS, require, resolved
 from streamtune.errors import UserError
 from streamtune.survey import input_kind, survey_training_data
-
-# Our keys inside the `model` section; everything else there is NeMo's own config.
-OWN_KEYS = ("target", "init_from", "tokenizer_dir", "att_context_sizes", "att_context_probs")
 
 
 def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
@@ -44,7 +41,7 @@ def recipe_model_section(cfg: DictConfig) -> DictConfig:
     sizes = section.get("att_context_sizes")
     probs = section.get("att_context_probs")
     with open_dict(section):
-        for key in OWN_KEYS:
+        for key in (*MODEL_KEYS, "train_ds", "validation_ds"):  # the datasets come from dataset_configs()
             section.pop(key, None)
         if sizes is not None or probs is not None:
             section.setdefault("encoder", {})
@@ -111,7 +108,10 @@ def data_source(spec) -> dict:
 
 
 def dataset_configs(cfg: DictConfig, sample_rate: int) -> dict:
-    """NeMo ``train_ds`` / ``validation_ds`` (Lhotse) from the recipe's ``data`` section."""
+    """NeMo ``train_ds`` / ``validation_ds`` (Lhotse) from the recipe's ``data`` section (augmentation for
+    training only), with the loader options the recipe adds in ``model.train_ds`` / ``model.validation_ds``."""
+    from streamtune.augment import augment_options, loader_extras
+
     data = cfg.data
     bucketing = {}
     if data.train and data.num_buckets:
@@ -145,9 +145,10 @@ def dataset_configs(cfg: DictConfig, sample_rate: int) -> dict:
     out = {}
     if data.train:
         train = OmegaConf.to_container(data.train) if OmegaConf.is_config(data.train) else data.train
-        out["train_ds"] = lhotse_ds(train, shuffle=True)
+        out["train_ds"] = {**lhotse_ds(train, shuffle=True), **augment_options(data.augment, sample_rate),
+                           **loader_extras(cfg, "train_ds")}
     if data.dev:
-        out["validation_ds"] = lhotse_ds(data.dev, shuffle=False)
+        out["validation_ds"] = {**lhotse_ds(data.dev, shuffle=False), **loader_extras(cfg, "validation_ds")}
     return out
 
 

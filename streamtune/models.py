@@ -11,7 +11,14 @@ from omegaconf import DictConfig, open_dict
 
 from streamtune.config import resolved
 from streamtune.errors import UserError
-from streamtune.finetune import apply_finetune_mode, check_mode, check_param_groups, start_from, start_point
+from streamtune.finetune import (
+    apply_finetune_mode,
+    check_mode,
+    check_param_groups,
+    check_style,
+    start_from,
+    start_point,
+)
 from streamtune.losses import portable_loss_config, register
 from streamtune.model_config import dataset_configs, model_class, nemo_model_config, recipe_model_section
 from streamtune.survey import survey_training_data
@@ -29,6 +36,8 @@ def check_model_config(cfg: DictConfig) -> None:
             from streamtune.checkpointing import load_checkpoint
 
             load_checkpoint(path, mmap=True)  # refuses a pickle that would run code, before a run dir exists
+        if cfg.data.train:
+            check_style(cfg, path)  # data that would teach the start point to stop writing capitals/punctuation
         dataset_configs(cfg, 16000)
         recipe_model_section(cfg)
     else:
@@ -50,6 +59,8 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
         if "validation_ds" in model.cfg:
             model.setup_validation_data(model.cfg.validation_ds)
         log(report)
+        if cfg.data.train:
+            log(check_style(cfg, start_point(cfg)))
     else:
         model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
     log(apply_finetune_mode(model, cfg.finetune))

@@ -18,6 +18,7 @@ import numpy as np
 
 from streamtune.data import check_safe
 from streamtune.errors import UserError
+from streamtune.style import TextStyle
 
 # Ids named in a message; the run dir's skipped.jsonl lists them all.
 SHOWN_IDS = 5
@@ -31,6 +32,8 @@ class Survey:
     skipped: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     empty_text: list[tuple[str, str]] = field(default_factory=list)
     durations: np.ndarray | None = None  # kept cuts' durations (s)
+    # The transcript style of each input with its mix weight (streamtune.style).
+    styles: list[tuple[TextStyle, float]] = field(default_factory=list)
 
     @property
     def skipped_count(self) -> int:
@@ -87,17 +90,18 @@ def _cut_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _paths(spec) -> list[Path]:
+def _inputs(spec) -> list[tuple[Path, float]]:
     if isinstance(spec, str):
         spec = [[spec, 1.0]]
-    paths = []
+    inputs = []
     for entry in spec:
         try:
-            path, _ = entry
+            path, weight = entry
+            weight = float(weight)
         except (TypeError, ValueError):
             raise UserError(f"data entry {entry!r} is not [path, weight]") from None
-        paths.append(Path(input_kind(path)[1]))
-    return paths
+        inputs.append((Path(input_kind(path)[1]), weight))
+    return inputs
 
 
 @lru_cache(maxsize=8)
@@ -106,7 +110,9 @@ def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool) 
 
     out = Survey()
     durations = []
-    for path in _paths(json.loads(spec_json)):
+    for path, weight in _inputs(json.loads(spec_json)):
+        style = TextStyle()
+        out.styles.append((style, weight))
         for cuts_file in _cut_files(path):
             for cut in CutSet.from_jsonl_lazy(cuts_file):
                 check_safe(cut, f"data.train {path}")
@@ -118,8 +124,10 @@ def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool) 
                 if duration > max_s:
                     out.skipped.setdefault("longer_than_max_duration", []).append((str(path), cut.id, duration))
                     continue
-                if not allow_empty_text and not any((s.text or "").strip() for s in cut.supervisions):
+                text = " ".join((s.text or "").strip() for s in cut.supervisions).strip()
+                if not allow_empty_text and not text:
                     out.empty_text.append((str(path), cut.id))
+                style.add(text)
                 durations.append(duration)
     out.durations = np.asarray(durations, dtype=np.float64)
     out.kept_s = float(out.durations.sum())

@@ -1,4 +1,4 @@
-"""Experiment tracking: a CSV log always, W&B when asked (offline by default is the real client)."""
+"""Experiment tracking: a CSV log always, TensorBoard and W&B when asked (W&B offline is the real client)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ WANDB_MODES = ("disabled", "offline", "online")
 
 
 def make_loggers(cfg, run_dir: Path, resume_step: int | None = None) -> list:
-    """CSV (``logs/metrics.csv``; a resumed run writes ``logs/resume-stepN/``) and W&B when asked.
+    """CSV (``logs/metrics.csv``; a resumed run writes ``logs/resume-stepN/``), TensorBoard
+    (``tensorboard/``, a resumed run in ``tensorboard/resume-stepN/``) and W&B when asked.
 
     The W&B run id is derived from the run dir, so a resumed run continues the same W&B run.
     """
@@ -19,6 +20,12 @@ def make_loggers(cfg, run_dir: Path, resume_step: int | None = None) -> list:
     if cfg.logger.csv:
         version = "" if resume_step is None else f"resume-step{resume_step:07d}"
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=version))
+    if cfg.logger.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        version = "" if resume_step is None else f"resume-step{resume_step:07d}"
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=version,
+                                         default_hp_metric=False))
     mode = cfg.logger.wandb_mode
     check_tracking(cfg)
     if mode != "disabled":

@@ -35,8 +35,8 @@ def _quiet_env():
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    from data_prep.synthetic import prepare_synthetic
-    from data_prep.tokenizer import train_tokenizer
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.stages.data_prep.tokenizer import train_tokenizer
 
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is not installed: run `make setup` (the test suite generates its speech with it)")
@@ -49,7 +49,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def timed_corpus(tmp_path_factory) -> Path:
     """A few utterances spoken word by word, with every word's start and end (for emission delay)."""
-    from data_prep.synthetic import prepare_synthetic
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic
 
     root = tmp_path_factory.mktemp("timed")
     prepare_synthetic(root, num_train=0, num_dev=0, num_test=4, seed=11, min_words=2, max_words=4,
@@ -83,7 +83,7 @@ def tiny_overrides(corpus, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_run(tiny_overrides) -> Path:
     """Run the real train.py entry point on the tiny model; returns its run dir."""
-    import train
+    from streamtune.stages import train
 
     assert train.main(["--config", str(DEMO_RECIPE), *tiny_overrides]) == 0
     output_dir = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("run.output_dir="))
@@ -101,8 +101,8 @@ def trained_model(trained_run):
 def words_overrides(tmp_path_factory) -> list[str]:
     """A ten-word task one voice reads: the tiny geometry learns it in ~200 steps (~30 s), so checks that
     need a model that really recognises speech (sherpa-onnx vs our decoding) have one."""
-    from data_prep.synthetic import prepare_synthetic
-    from data_prep.tokenizer import train_tokenizer
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.stages.data_prep.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("tenwords")
     # No number words: the Whisper normaliser would turn "three four" into "34", one word.
@@ -124,9 +124,64 @@ def words_overrides(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="session")
 def words_run(words_overrides) -> Path:
-    import train
+    from streamtune.stages import train
 
     assert train.main(["--config", str(DEMO_RECIPE), *words_overrides]) == 0
     output_dir = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("run.output_dir="))
     return (Path(output_dir) / "tenwords" / "latest").resolve()
 
+
+
+@pytest.fixture(scope="session")
+def bundle(words_run, words_overrides) -> Path:
+    """evaluate.py, then `export all`, on the tiny model that has learnt its ten words: an exported bundle."""
+    from streamtune.stages import evaluate
+    from streamtune.stages.export.__main__ import main
+
+    model = str(words_run / "final.nemo")
+    # evaluate.py first, into its default place (<model dir>/eval), where package finds results.json.
+    assert evaluate.main(["--config", str(DEMO_RECIPE), "--model", model, *words_overrides]) == 0
+    assert main(["all", "--config", str(DEMO_RECIPE), "--model", model, *words_overrides, "export.tarball=true"]) == 0
+    dist = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("export.dist_dir="))
+    return Path(dist) / "tenwords"
+
+
+@pytest.fixture(scope="session")
+def cased_tokenizer(corpus, tmp_path_factory) -> Path:
+    """A tokenizer trained on capitalised, punctuated versions of the corpus sentences."""
+    from lhotse import CutSet
+
+    from streamtune.stages.data_prep.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("cased")
+    cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz").to_eager()
+    marks = [".", "?", "!", ","]
+    for i, cut in enumerate(cuts):
+        text = cut.supervisions[0].text
+        cut.supervisions[0].text = f"{text[:1].upper()}{text[1:]}{marks[i % 4]}"
+    cuts.to_file(root / "cased.jsonl.gz")
+    return train_tokenizer([root / "cased.jsonl.gz"], root / "tokenizer", vocab_size=64)
+
+
+def _base(corpus, tokenizer: Path, out: Path, target: str | None = None) -> Path:
+    from streamtune.config import load_config
+    from streamtune.models import build_model
+
+    overrides = [*TINY, "model.preprocessor.features=128", f"model.tokenizer_dir={tokenizer}",
+                 f"data.train={corpus / 'cuts_train.jsonl.gz'}", "data.dev=null", "model.loss.loss_name=default",
+                 "+model.loss.warprnnt_numba_kwargs.fastemit_lambda=0.001"]
+    if target:
+        overrides.append(f"model.target={target}")
+        overrides += ["+model.aux_ctc.ctc_loss_weight=0.3", "+model.aux_ctc.use_cer=false",
+                      "+model.aux_ctc.ctc_reduction=mean_batch",
+                      "+model.aux_ctc.decoder._target_=nemo.collections.asr.modules.ConvASRDecoder",
+                      "+model.aux_ctc.decoder.feat_in=32", "+model.aux_ctc.decoder.num_classes=-1",
+                      "+model.aux_ctc.decoder.vocabulary=[]", "+model.aux_ctc.decoding.strategy=greedy"]
+    model = build_model(load_config(DEMO_RECIPE, overrides), log=lambda _: None)
+    model.save_to(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_nemo(corpus, cased_tokenizer, tmp_path_factory) -> Path:
+    return _base(corpus, cased_tokenizer, tmp_path_factory.mktemp("base") / "base.nemo")

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet
 
-from data_prep.__main__ import main
+from streamtune.stages.data_prep.__main__ import main
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_ratio_split_is_deterministic_and_keeps_speakers_whole(corpus, tmp_path,
 
 
 def test_id_set_is_exact_for_many_ids():
-    from data_prep.validate import IdSet
+    from streamtune.stages.data_prep.validate import IdSet
 
     ids = IdSet(capacity=8)
     assert all(ids.add(f"utt-{i}") for i in range(20000))

@@ -127,8 +127,9 @@ def test_hostile_manifest_lines_are_each_rejected_with_their_reason(audio, tmp_p
             f.write(line if isinstance(line, bytes) else
                     ((line if isinstance(line, str) else json.dumps(line)) + "\n").encode())
     out = tmp_path / "out"
-    proc = run("-m", "data_prep", "nemo", "--manifest", str(manifest), "--out", str(out), "--lang", "en",
-               cwd=tmp_path)
+    # From another directory: the installed module (the checkout's `data_prep` wrapper is not on the path there).
+    proc = run("-m", "streamtune.stages.data_prep", "nemo", "--manifest", str(manifest), "--out", str(out), "--lang",
+               "en", cwd=tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     rows = rejections(out)
     got = {int(r["detail"].split("hostile.jsonl:")[1].split(":")[0]): r["reason"] for r in rows}
@@ -157,7 +158,7 @@ def hostile_cuts(audio, marker: Path) -> list:
     command = _cut_with_source(good, "command", f"touch {marker}; sox {good} -t wav -", "command")
     url = _cut_with_source(good, "url", f"http://127.0.0.1:9/{marker.name}.wav", "url")
     sph = _cut_with_source(good, "file", str(audio["x; touch MARKER #.sph"]), "sph")
-    garbage = _cut_with_source(good, "memory", b"\x00\x01garbage", "memory")
+    garbage = _cut_with_source(good, "memory", "\x00\x01garbage", "memory")  # a JSON cuts file carries text only
     mixed = MixedCut(id="mixed", tracks=[MixTrack(cut=_cut_with_source(good, "file", str(good), "m1")),
                                          MixTrack(cut=_cut_with_source(good, "command", f"touch {marker}", "m2"))])
     return [_cut_with_source(good, "file", str(good), "ok"), command, url, sph, garbage, mixed]
@@ -284,8 +285,8 @@ def test_manifest_fuzzing_never_crashes_and_always_adds_up(tmp_path_factory, aud
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from data_prep.sources import nemo_manifests
-    from data_prep.validate import ValidationConfig, write_validated
+    from streamtune.stages.data_prep.sources import nemo_manifests
+    from streamtune.stages.data_prep.validate import ValidationConfig, write_validated
 
     reasons = {"missing_audio", "malformed_line", "malformed_value", "invalid_text", "empty_text", "unsafe_source",
                "duration_out_of_bounds", "duration_mismatch", "undecodable_audio", "duplicate_id", "other_language",
@@ -362,8 +363,9 @@ def test_online_wandb_without_credentials_is_one_line_before_any_run_dir(tiny_ov
 def test_secrets_stay_interpolations_in_written_configs(tiny_overrides, tmp_path):
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
     secret = "s3cr3t-token-5577"
+    # Not in logger.wandb_project: W&B records the project name as the run's identity, as it must.
     proc = run("train.py", "--config", str(DEMO_RECIPE), *base, "trainer.max_steps=2", "logger.wandb_mode=offline",
-               "logger.wandb_project=${oc.env:STREAMTUNE_TEST_SECRET}", f"run.output_dir={tmp_path}",
+               "export.hotwords=${oc.env:STREAMTUNE_TEST_SECRET}", f"run.output_dir={tmp_path}",
                env={"STREAMTUNE_TEST_SECRET": secret})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = (tmp_path / "tiny_cpu" / "latest").resolve()

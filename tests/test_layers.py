@@ -1,6 +1,7 @@
 """Layering, read from the imports (module level and inside functions alike):
 
-library (streamtune/) <- stages (data_prep/, train.py, evaluate.py, export/) <- bench/ ; tests import anything.
+library (streamtune/ but streamtune/stages/) <- stages (streamtune/stages/: data_prep, train, evaluate, export; and
+the thin wrappers data_prep/, export/, train.py, evaluate.py at the top) <- bench/ ; tests import anything.
 The library imports no stage; no stage imports bench; no two modules import each other, directly or round a loop.
 """
 
@@ -11,9 +12,15 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-LIBRARY = "streamtune"
-STAGES = ("data_prep", "export", "train", "evaluate")
+STAGES = ("streamtune.stages", "data_prep", "export", "train", "evaluate")
 BENCH = "bench"
+
+
+def layer(module: str) -> str:
+    if module == "streamtune.stages" or module.startswith("streamtune.stages."):
+        return "stage"
+    top = module.split(".")[0]
+    return {"streamtune": "library", "bench": "bench"}.get(top, "stage" if top in STAGES else "other")
 SKIP = {"tests", ".venv", "outputs", "dist", "docs", "runs", "wandb"}
 
 
@@ -55,15 +62,12 @@ def import_graph(root: Path) -> dict[str, set[str]]:
 
 
 def layer_breaks(graph: dict[str, set[str]]) -> list[str]:
-    def top(m):
-        return m.split(".")[0]
-
     breaks = []
     for mod, targets in graph.items():
         for target in sorted(targets):
-            if top(mod) == LIBRARY and top(target) != LIBRARY:
+            if layer(mod) == "library" and layer(target) != "library":
                 breaks.append(f"the library imports a stage or bench: {mod} -> {target}")
-            if top(mod) in STAGES and top(target) == BENCH:
+            if layer(mod) == "stage" and layer(target) == "bench":
                 breaks.append(f"a stage imports bench: {mod} -> {target}")
     return breaks
 
@@ -102,22 +106,23 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_library_imports_no_stage_and_nothing_imports_in_a_loop():
     graph = import_graph(REPO)
-    assert {"streamtune.losses", "train", "evaluate", "data_prep.validate"} <= set(graph), "the scan sees the tree"
+    assert {"streamtune.losses", "streamtune.stages.train", "streamtune.stages.data_prep.validate", "train",
+            "bench.streaming"} <= set(graph), "the scan sees the tree"
     assert not layer_breaks(graph), "\n".join(layer_breaks(graph))
     assert not cycles(graph), f"import cycles: {cycles(graph)}"
 
 
 def test_the_check_catches_a_cycle_and_a_layer_break(tmp_path):
-    (tmp_path / "streamtune").mkdir()
+    (tmp_path / "streamtune" / "stages").mkdir(parents=True)
     (tmp_path / "streamtune" / "__init__.py").write_text("")
+    (tmp_path / "streamtune" / "stages" / "__init__.py").write_text("")
     (tmp_path / "streamtune" / "a.py").write_text("def f():\n    from streamtune.b import g\n")
-    (tmp_path / "streamtune" / "b.py").write_text("from streamtune import a\n\ndef g():\n    import data_prep.x\n")
-    (tmp_path / "data_prep").mkdir()
-    (tmp_path / "data_prep" / "__init__.py").write_text("")
-    (tmp_path / "data_prep" / "x.py").write_text("import bench.y\n")
+    (tmp_path / "streamtune" / "b.py").write_text("from streamtune import a\n\n"
+                                                  "def g():\n    import streamtune.stages.x\n")
+    (tmp_path / "streamtune" / "stages" / "x.py").write_text("import bench.y\n")
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "y.py").write_text("")
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["streamtune.a", "streamtune.b"]]
-    assert layer_breaks(graph) == ["the library imports a stage or bench: streamtune.b -> data_prep.x",
-                                   "a stage imports bench: data_prep.x -> bench.y"]
+    assert layer_breaks(graph) == ["the library imports a stage or bench: streamtune.b -> streamtune.stages.x",
+                                   "a stage imports bench: streamtune.stages.x -> bench.y"]

@@ -18,7 +18,7 @@ def _losses(run_root: Path) -> list[float]:
 
 def test_twenty_steps_with_streamtune_loss_equal_nemo_pytorch_loss(trained_run, tiny_overrides, corpus, tmp_path):
     """Fine-tuning the tiny demo model for 20 steps on a tiny batch: the same losses with either loss."""
-    import train
+    from streamtune.stages import train
 
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.dev=",
                                                            "data.batch_duration_s=", "trainer.val_check_interval="))]
@@ -52,7 +52,7 @@ def odd_cuts(corpus, tmp_path_factory) -> Path:
 
 
 def test_cuts_outside_the_duration_bounds_are_skipped_counted_and_named(odd_cuts, tiny_overrides, tmp_path, capsys):
-    import train
+    from streamtune.stages import train
 
     bounds = json.loads((odd_cuts / "bounds.json").read_text())
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.train="))]
@@ -71,7 +71,7 @@ def test_cuts_outside_the_duration_bounds_are_skipped_counted_and_named(odd_cuts
 def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, tmp_path, capsys):
     from lhotse import CutSet
 
-    import train
+    from streamtune.stages import train
 
     cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz").to_eager()
     cuts[3].supervisions[0].text = "  "
@@ -122,9 +122,9 @@ def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_m
     with only its features in memory, the same tokens as offline."""
     from lhotse import CutSet
 
-    from data_prep.synthetic import PHRASE_WORDS, plan_corpus, prepare_synthetic, spoken_text
     from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
+    from streamtune.stages.data_prep.synthetic import PHRASE_WORDS, plan_corpus, prepare_synthetic, spoken_text
     from streamtune.streaming import StreamingRunner
 
     plan = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110)

@@ -67,12 +67,14 @@ def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_pa
     assert (run_dir / "final.nemo").exists() and (run_dir / "logs" / "resume-step0000004" / "metrics.csv").exists()
 
 
-def test_ddp_two_processes_gloo(tiny_overrides, tmp_path):
-    """Lightning DDP on CPU: 2 processes, disjoint batches per rank, identical weights on both ranks."""
+def _ddp_overrides(tiny_overrides, tmp_path) -> list[str]:
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
-    result = run_probe([*base, "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=ddp",
-                        "trainer.accelerator=cpu", "trainer.num_threads=1", f"run.output_dir={tmp_path}"],
-                       tmp_path / "probe")
+    return [*base, "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+            "trainer.num_threads=1", f"run.output_dir={tmp_path}"]
+
+
+def _check_ddp(result, tmp_path) -> Path:
+    """Both ranks trained steps 0-3 on disjoint batches, ended with identical weights, in one run dir."""
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = seen(tmp_path / "probe", 0), seen(tmp_path / "probe", 1)
     assert [s for s, _ in rank0] == [s for s, _ in rank1] == list(range(4))
@@ -80,8 +82,28 @@ def test_ddp_two_processes_gloo(tiny_overrides, tmp_path):
     w0 = torch.load(tmp_path / "probe" / "weights-rank0.pt")
     w1 = torch.load(tmp_path / "probe" / "weights-rank1.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0), "DDP kept the replicas identical"
-    runs = [p for p in (tmp_path / "tiny_cpu").iterdir() if not p.is_symlink()]
+    runs = [p for p in (tmp_path / "tiny_cpu").iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(runs) == 1 and (runs[0] / "final.nemo").exists(), "one run dir shared by both ranks"
+    return runs[0]
+
+
+def test_ddp_two_processes_gloo(tiny_overrides, tmp_path):
+    """Lightning DDP on CPU, Lightning's own launcher: 2 processes, disjoint batches, identical weights."""
+    _check_ddp(run_probe(_ddp_overrides(tiny_overrides, tmp_path), tmp_path / "probe"), tmp_path)
+
+
+def test_torchrun_two_processes_gloo(tiny_overrides, tmp_path):
+    """The multi-node path: torchrun starts both processes (as on each node of a cluster), Lightning joins them
+    through TorchElastic's environment; both derive the same run dir from the launch id."""
+    (tmp_path / "probe").mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMTUNE_", "PROBE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(PROBE),
+         "--config", str(DEMO_RECIPE), *_ddp_overrides(tiny_overrides, tmp_path)],
+        env={**clean, "PROBE_DIR": str(tmp_path / "probe"), "OMP_NUM_THREADS": "1"}, cwd=REPO,
+        capture_output=True, text=True, timeout=900)
+    run_dir = _check_ddp(result, tmp_path)
+    assert run_dir.name.startswith("job-"), run_dir
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tiny_overrides, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import soundfile as sf
 from lhotse import CutSet
 
-from data_prep.synthetic import plan_corpus
+from streamtune.stages.data_prep.synthetic import plan_corpus
 
 
 def test_plan_is_deterministic_and_splits_are_disjoint():
@@ -31,7 +31,7 @@ def test_corpus_cuts_are_16k_mono_with_matching_durations(corpus):
 
 
 def test_rerun_skips_finished_corpus(corpus, capsys):
-    from data_prep.synthetic import prepare_synthetic
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic
 
     prepare_synthetic(corpus, num_train=48, num_dev=6, num_test=8, seed=7, min_words=2, max_words=4)
     assert "up to date" in capsys.readouterr().out

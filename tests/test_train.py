@@ -60,7 +60,7 @@ def test_nemo_round_trip_keeps_weights_config_and_modes(trained_run, trained_mod
 
 def test_training_is_reproducible_from_the_seed(trained_run, tiny_overrides, tmp_path):
     """A second run with the same seed logs the same losses (run.seed honoured everywhere)."""
-    import train
+    from streamtune.stages import train
     from tests.conftest import DEMO_RECIPE
 
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
@@ -74,7 +74,7 @@ def test_training_is_reproducible_from_the_seed(trained_run, tiny_overrides, tmp
 
 def test_wandb_offline_run_is_written(tiny_overrides, tmp_path):
     """W&B's real client in offline mode: no network needed, run files land in the run dir."""
-    import train
+    from streamtune.stages import train
     from tests.conftest import DEMO_RECIPE
 
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
@@ -98,8 +98,8 @@ def test_wandb_offline_run_is_written(tiny_overrides, tmp_path):
 
 def test_train_reads_shar_and_weighted_mixes(tiny_overrides, corpus, tmp_path):
     """data.train may be a Shar dir from `python -m data_prep ... --shar` or a weighted list of sources."""
-    import train
-    from data_prep.__main__ import main as data_prep
+    from streamtune.stages import train
+    from streamtune.stages.data_prep.__main__ import main as data_prep
     from tests.conftest import DEMO_RECIPE
 
     assert data_prep(["lhotse", "--cuts", str(corpus / "cuts_train.jsonl.gz"), "--out", str(tmp_path / "prep"),
@@ -116,7 +116,7 @@ def test_train_reads_shar_and_weighted_mixes(tiny_overrides, corpus, tmp_path):
 
 
 def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, capsys):
-    import train
+    from streamtune.stages import train
     from tests.conftest import DEMO_RECIPE
 
     overrides = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]
@@ -128,7 +128,7 @@ def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, c
 
 
 def test_dry_run_reports_and_writes_nothing(tiny_overrides, tmp_path, capsys):
-    import train
+    from streamtune.stages import train
     from tests.conftest import DEMO_RECIPE
 
     overrides = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]

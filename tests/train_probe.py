@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train  # noqa: E402
+from streamtune.stages import train  # noqa: E402
 
 
 class Probe(pl.Callback):

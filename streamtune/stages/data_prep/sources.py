@@ -21,9 +21,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.validate import TARGET_RATE, Item, Rejected
 from streamtune.data import AUDIO_SUFFIXES
 from streamtune.errors import UserError
+from streamtune.stages.data_prep.validate import TARGET_RATE, Item, Rejected
 
 
 def _expand(patterns: list[str]) -> list[Path]:

@@ -1,6 +1,7 @@
 """ONNX per chunk mode, in the layout sherpa-onnx's NeMo streaming transducer loader reads.
 
-Layout: ``onnx/<ms>ms/{encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt}``. The encoder is exported
+Layout: ``onnx/<ms>ms/{encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt, bpe.vocab}`` (``bpe.vocab``: the
+SentencePiece pieces and scores, which sherpa-onnx needs for hotwords with a BPE model). The encoder is exported
 with ``cache_support`` after ``set_default_att_context_size`` (the attention mask is baked in: one encoder
 per chunk mode); decoder and joiner are the same in every mode and copied beside each encoder, so each
 directory is a complete model for sherpa-onnx. The encoder carries the metadata sherpa-onnx reads
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from streamtune.chunks import ChunkMode, att_context
+from streamtune.tokenizers import piece_scores
 
 
 def _encoder_metadata(model, mode: ChunkMode) -> dict[str, str]:
@@ -107,24 +109,69 @@ def export_mode(model, mode: ChunkMode, out_dir: Path) -> dict:
         model.joint.export(str(out_dir / "joiner.onnx"), check_trace=False)
     _set_metadata(out_dir / "encoder.onnx", meta)
     write_tokens(model, out_dir / "tokens.txt")
+    (out_dir / "bpe.vocab").write_text(piece_scores(model))  # sherpa-onnx's bpe_vocab, for hotwords
     return {"chunk_ms": mode.chunk_ms, "dir": str(out_dir), "metadata": meta,
             "files": sorted(p.name for p in out_dir.iterdir())}
 
 
-def quantize_dir(src: Path, dst: Path) -> None:
-    """int8 dynamic quantisation (weights int8, activations quantised on the fly) of every graph in ``src``."""
+# int8 variants `export onnx` tries (export.int8_variants); each is measured and the best kept (onnx_check):
+#   dynamic                        every graph, weights int8 per tensor, activations quantised on the fly
+#   dynamic-per-channel            the same, one scale per output channel
+#   encoder-dynamic-per-channel    only the encoder (decoder and joiner, small and run per token, stay fp32)
+#   encoder-matmul-per-channel     only the encoder's MatMuls (convolutions and the subsampling stay fp32)
+#   encoder-static                 the encoder with static int8 (QDQ) scales calibrated on the parity set's
+#                                  streaming inputs; decoder and joiner fp32
+INT8_VARIANTS = ("dynamic", "dynamic-per-channel", "encoder-dynamic-per-channel", "encoder-matmul-per-channel",
+                 "encoder-static")
+
+
+def quantize_dir(src: Path, dst: Path, variant: str = "dynamic", calibration: list[dict] | None = None) -> None:
+    """int8 copy of the graphs in ``src`` (one of ``INT8_VARIANTS``) into ``dst``."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if variant not in INT8_VARIANTS:
+        raise ValueError(f"unknown int8 variant {variant!r}; choose from {INT8_VARIANTS}")
     dst.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser warns once per tensor whose type it cannot infer (shape ops)
+    per_channel = variant.endswith("per-channel")
+    graphs = ("encoder.onnx",) if variant.startswith("encoder-") else ("encoder.onnx", "decoder.onnx", "joiner.onnx")
     try:
         for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
-            quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8)
+            if name not in graphs:
+                shutil.copyfile(src / name, dst / name)
+            elif variant == "encoder-static":
+                _quantize_static(src / name, dst / name, calibration or [])
+            else:
+                ops = ["MatMul"] if variant == "encoder-matmul-per-channel" else None
+                quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8,
+                                 per_channel=per_channel, op_types_to_quantize=ops)
     finally:
         root.setLevel(level)
-    _set_metadata(dst / "encoder.onnx", {**read_metadata(src / "encoder.onnx"), "quantization": "int8-dynamic"})
-    shutil.copyfile(src / "tokens.txt", dst / "tokens.txt")
+    _set_metadata(dst / "encoder.onnx", {**read_metadata(src / "encoder.onnx"), "quantization": f"int8-{variant}"})
+    for name in ("tokens.txt", "bpe.vocab"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+
+
+def _quantize_static(src: Path, dst: Path, calibration: list[dict]) -> None:
+    """Static int8 (QDQ, per channel) of the encoder, activation ranges from ``calibration`` (encoder input dicts
+    recorded while streaming the parity set)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError("encoder-static needs calibration inputs")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True})

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from lhotse.utils import fastcopy
 
-from data_prep.report import Report
 from streamtune.data import unsafe_source
 from streamtune.errors import UserError
+from streamtune.stages.data_prep.report import Report
 from streamtune.text import normalise_text
 
 TARGET_RATE = 16000
@@ -98,14 +98,15 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
                           "normalise the text (--lowercase / --strip-punctuation) or use another tokenizer")
     for sup in cut.supervisions:
         sup.text = text
+    source = cut.recording.sources[0] if getattr(cut, "has_recording", False) else None
+    if cfg.check_audio and source is not None and source.type == "file" and not Path(source.source).exists():
+        # Before the duration check: a missing file without a declared duration would read as 0 s.
+        return reject("missing_audio", f"audio file {source.source} does not exist")
     if not (cfg.min_duration_s <= cut.duration <= cfg.max_duration_s):
         return reject("duration_out_of_bounds",
                       f"duration {cut.duration:.3f} s is outside [{cfg.min_duration_s}, {cfg.max_duration_s}] s")
     if cfg.check_audio:
         rec = cut.recording
-        source = rec.sources[0]
-        if source.type == "file" and not Path(source.source).exists():
-            return reject("missing_audio", f"audio file {source.source} does not exist")
         try:
             samples, rec = _decode(cut)
         except Exception as err:  # decoders raise many kinds
@@ -285,6 +286,7 @@ def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split
             report.notes.update(notes)
             for sup in kept.supervisions:
                 report.chars.update(sup.text)
+            report.style.add(" ".join(sup.text for sup in kept.supervisions))
     assert report.kept + report.rejected == report.read
     for name in splits:
         tmp[name].replace(paths[name])
@@ -292,6 +294,7 @@ def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split
     report.write(out_dir, run)
     print(f"read {report.read}, kept {report.kept} ({report.kept_s / 3600:.3f} h: {dict(report.per_split)}), "
           f"rejected {report.rejected}" + (f": {dict(report.reasons)}" if report.reasons else "") + f" -> {out_dir}")
+    print(f"transcript style: {report.style.describe()}")
     if report.kept == 0:
         raise UserError(f"nothing valid remains of {report.read} items; see {out_dir / f'rejected_{run}.jsonl'} "
                         "for why")

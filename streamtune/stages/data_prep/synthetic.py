@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_prep.stamp import Stamp
 from streamtune.errors import UserError
+from streamtune.stages.data_prep.stamp import Stamp
 
 SAMPLE_RATE = 16000
 

@@ -54,8 +54,10 @@ class OrtStreamingDecoder:
             np.array([[token]], dtype=np.int32), np.array([1], dtype=np.int32), *states])))
         return out[0], (out[2], out[3])  # [1, H, 1], new (h, c)
 
-    def decode(self, feats: np.ndarray, keep_encoded: bool = False):
-        """``feats``: [F, T] float32, silence-padded. Returns (tokens, encoder output [T', D] or None)."""
+    def decode(self, feats: np.ndarray, keep_encoded: bool = False, record: list | None = None):
+        """``feats``: [F, T] float32, silence-padded. Returns (tokens, encoder output [T', D] or None).
+
+        ``record``: a list to append every encoder step's inputs to (calibration for static quantisation)."""
         channel = np.zeros(self.cache_channel, dtype=np.float32)
         time_ = np.zeros(self.cache_time, dtype=np.float32)
         channel_len = np.zeros(1, dtype=np.int64)
@@ -66,9 +68,12 @@ class OrtStreamingDecoder:
         start = self.pre_cache
         while start < total:
             window = feats[:, start - self.pre_cache: start + self.shift]
-            outs = self.encoder.run(None, dict(zip(self._enc_in, [
-                window[None].astype(np.float32), np.array([window.shape[1]], dtype=np.int64),
-                channel, time_, channel_len])))
+            inputs = dict(zip(self._enc_in, [window[None].astype(np.float32), np.array([window.shape[1]],
+                                                                                       dtype=np.int64),
+                                             channel, time_, channel_len]))
+            if record is not None and window.shape[1] == self.window:  # full windows: one shape to calibrate
+                record.append(inputs)
+            outs = self.encoder.run(None, inputs)
             encoded, enc_len, channel, time_, channel_len = outs
             n_frames = int(enc_len[0])
             if keep_encoded:

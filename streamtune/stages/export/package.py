@@ -3,9 +3,9 @@
 Bundle layout::
 
     model.nemo                 the evaluated checkpoint, byte for byte
-    onnx/<ms>ms/               encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt (sherpa-onnx layout)
-    onnx/<ms>ms-int8/          the same, int8 dynamic quantisation (when export.int8)
-    tokenizer/                 tokenizer.model, vocab.txt;   tokens.txt   `piece id` lines + `<blk>`
+    onnx/<ms>ms/               encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt, bpe.vocab (sherpa-onnx layout)
+    onnx/<ms>ms-int8/          the same, int8: the best of export.int8_variants (when export.int8)
+    tokenizer/                 tokenizer.model, vocab.txt, bpe.vocab;   tokens.txt   `piece id` lines + `<blk>`
     sample/                    one parity utterance and the tokens every ONNX mode gave for it (verify)
     parity.json  onnx.json     the two gates' verdicts;      results.json   evaluate.py's (when found)
     config.yaml  MODEL_CARD.md
@@ -21,23 +21,20 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from export.parity import sha256_file
 from streamtune.config import save_config
 from streamtune.errors import UserError
+from streamtune.stages.export.parity import sha256_file
 
 MANIFEST = "manifest.json"
 
 
 def write_tokenizer(model, out_dir: Path) -> list[Path]:
-    """The model's own SentencePiece model (not the recipe's dir: the .nemo is authoritative) and tokens.txt."""
-    from export.onnx_export import write_tokens
+    """The model's own SentencePiece model (not the recipe's dir: the .nemo is authoritative), its pieces with
+    scores (``bpe.vocab``, for sherpa-onnx hotwords) and tokens.txt."""
+    from streamtune.stages.export.onnx_export import write_tokens
+    from streamtune.tokenizers import save_tokenizer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spm = model.tokenizer.tokenizer
-    (out_dir / "tokenizer.model").write_bytes(spm.serialized_model_proto())
-    vocab = [spm.id_to_piece(i) for i in range(spm.get_piece_size())]
-    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return [out_dir / "tokenizer.model", out_dir / "vocab.txt", write_tokens(model, out_dir.parent / "tokens.txt")]
+    return [*save_tokenizer(model, out_dir, "bpe.vocab"), write_tokens(model, out_dir.parent / "tokens.txt")]
 
 
 def write_manifest(bundle: Path) -> Path:
@@ -73,7 +70,7 @@ def write_sample(model, utt, bundle: Path, modes) -> Path:
     """One parity utterance + the tokens each exported mode must give for it (checked again by verify)."""
     import soundfile as sf
 
-    from export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
     from streamtune.streaming import StreamingRunner
 
     out = bundle / "sample"
@@ -156,9 +153,53 @@ def _wer_section(results: dict | None) -> str:
     return "\n".join(lines)
 
 
+def front_matter(name: str, cfg, results: dict | None) -> str:
+    """The card's YAML front matter in the Hugging Face Hub's format (NeMo's conventions: ``library_name: nemo``,
+    a model-index with the streaming WER of each test set and chunk mode)."""
+    import yaml
+
+    init_from = cfg.model.get("init_from")
+    meta = {"library_name": "nemo", "language": ["en"], "license": "other",
+            "license_name": "nvidia-open-model-license" if init_from else "apache-2.0",
+            "pipeline_tag": "automatic-speech-recognition",
+            "tags": ["automatic-speech-recognition", "streaming", "cache-aware", "FastConformer", "RNNT", "NeMo",
+                     "streamtune"]}
+    if not init_from:
+        meta["license"] = "apache-2.0"
+        del meta["license_name"]
+    elif "/" in str(init_from) and not Path(str(init_from)).exists():
+        meta["base_model"] = str(init_from)
+    entries = []
+    if results and results.get("schema_version") is not None:
+        for r in results.get("results", []):
+            if r.get("decode") != "streaming" or r.get("test_set") == "all":
+                continue
+            entries.append({
+                "task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
+                "dataset": {"name": r["test_set"], "type": r["test_set"]},
+                "metrics": [{"type": "wer", "value": round(100 * r["wer"], 2),
+                             "name": f"WER, streaming {r['chunk_ms']} ms chunks ({r.get('decoding', 'greedy')}, "
+                                     f"model {r['model']})"}]})
+    meta["model-index"] = [{"name": name, "results": entries}]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
+
+
+def _int8_section(onnx_report: dict) -> str:
+    choice = onnx_report.get("int8_choice")
+    if not choice:
+        return "No int8 copies were made (export.int8=false)."
+    if not choice["variant"]:
+        return "No int8 variant could be made."
+    ranking = ", ".join(f"{r['variant']} {r['worst_mode_delta_points']:+.2f}" for r in choice["ranking"])
+    verdict = ("meets" if choice["meets_target"] else "misses") + f" the {choice['target_points']:g}-point target"
+    return (f"`onnx/<ms>ms-int8/` is the `{choice['variant']}` variant: its worst WER rise over the chunk modes is "
+            f"{choice['worst_mode_delta_points']:+.2f} points on the parity set ({verdict}). All variants, worst "
+            f"rise in points: {ranking}.")
+
+
 def model_card(name: str, cfg, model_path: Path, parity: dict, onnx_report: dict, results: dict | None) -> str:
-    from export.onnx_check import onnx_summary
-    from export.parity import parity_summary
+    from streamtune.stages.export.onnx_check import onnx_summary
+    from streamtune.stages.export.parity import parity_summary
 
     run_dir = model_path.resolve().parent
     run_cfg = run_dir / "config.yaml"
@@ -166,7 +207,7 @@ def model_card(name: str, cfg, model_path: Path, parity: dict, onnx_report: dict
     init_from = cfg.model.get("init_from")
     base = (f"`{init_from}` (fine-tuned from it)" if init_from else
             f"trained from scratch with `{cfg.model.get('target')}`")
-    from export.sherpa import padding_samples
+    from streamtune.stages.export.sherpa import padding_samples
 
     pads = []
     for m in onnx_report["modes"]:
@@ -175,7 +216,7 @@ def model_card(name: str, cfg, model_path: Path, parity: dict, onnx_report: dict
         left, tail = padding_samples(pre, sub, shift)
         pads.append(f"{m['chunk_ms']} ms: {left} before, {tail} after")
     modes = ", ".join(f"{m['chunk_ms']} ms (`att_context_size` {m['att_context']})" for m in onnx_report["modes"])
-    return f"""# {name}
+    return front_matter(name, cfg, results) + f"""# {name}
 
 Cache-aware streaming FastConformer-RNNT, packaged by streamtune.
 
@@ -197,10 +238,13 @@ Cache-aware streaming FastConformer-RNNT, packaged by streamtune.
 ## ONNX
 {onnx_summary(onnx_report)}
 
+{_int8_section(onnx_report)}
+
 ONNX files are fed the way `StreamingRunner(feeding="export")` feeds them: pre-encode cache + subsampling - 1
 hops of silence before the audio, then fixed windows of pre-encode cache + chunk frames. With sherpa-onnx
 (`OnlineRecognizer.from_transducer(..., model_type="nemo_transducer")` on `onnx/<ms>ms/`), pad every stream
-with silence as `export/sherpa.py` does (samples at 16 kHz): {'; '.join(pads)}.
+with silence as `export/sherpa.py` does (samples at 16 kHz): {'; '.join(pads)}. For hotwords, use
+`decoding_method="modified_beam_search"`, `modeling_unit="bpe"` and `bpe_vocab="onnx/<ms>ms/bpe.vocab"`.
 
 ## Intended use
 English speech recognition in real-time streaming, in the domain of the training data above. Check the

@@ -6,8 +6,8 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from data_prep.stamp import Stamp
 from streamtune.errors import UserError
+from streamtune.stages.data_prep.stamp import Stamp
 
 
 def read_texts(cuts_path: str | Path) -> list[str]:

@@ -8,10 +8,10 @@ import glob
 import os
 from pathlib import Path
 
-from data_prep import sources
-from data_prep.stamp import Stamp, key_of
-from data_prep.validate import ValidationConfig, split_by_ratio, tokenizer_alphabet, write_validated
 from streamtune.errors import UserError
+from streamtune.stages.data_prep import sources
+from streamtune.stages.data_prep.stamp import Stamp, key_of
+from streamtune.stages.data_prep.validate import ValidationConfig, split_by_ratio, tokenizer_alphabet, write_validated
 
 
 def _parse_ratios(text: str) -> dict[str, float]:
@@ -88,7 +88,7 @@ def prepare_source(args) -> None:
     _refuse_writing_inputs(args, out, splits)
     write_validated(_items(args, out), out, splits, cfg, splitter=splitter, num_jobs=args.num_jobs)
     if args.shar:
-        from data_prep.shar import export_shar
+        from streamtune.stages.data_prep.shar import export_shar
 
         for name in splits:
             export_shar(out / f"cuts_{name}.jsonl.gz", out / "shar" / name, args.shar_shard_size)

@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep import sources
-from data_prep.validate import ValidationConfig, write_validated
 from streamtune.errors import UserError
+from streamtune.stages.data_prep import sources
+from streamtune.stages.data_prep.validate import ValidationConfig, write_validated
 
 
 @dataclass

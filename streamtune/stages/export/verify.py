@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.package import MANIFEST
-from export.parity import sha256_file
+from streamtune.stages.export.package import MANIFEST
+from streamtune.stages.export.parity import sha256_file
 
 
 class VerifyError(Exception):
@@ -81,9 +81,9 @@ def check_files(bundle: Path, expect_manifest_sha256: str | None = None) -> dict
 def check_decodes(bundle: Path) -> list[str]:
     import soundfile as sf
 
-    from export.onnx_decoder import OrtStreamingDecoder
     from streamtune.chunks import chunk_modes
     from streamtune.models import load_model
+    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
     from streamtune.streaming import StreamingRunner
 
     try:

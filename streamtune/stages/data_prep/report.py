@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamtune.style import TextStyle
+
 
 @dataclass
 class Report:
@@ -26,6 +28,7 @@ class Report:
     chars: Counter = field(default_factory=Counter)
     per_split: Counter = field(default_factory=Counter)
     hist: np.ndarray | None = None
+    style: TextStyle = field(default_factory=TextStyle)  # of the kept transcripts
 
     def __post_init__(self):
         self.edges = np.linspace(0.0, max(self.max_duration_s, 1.0), 21)
@@ -41,6 +44,7 @@ class Report:
             "rejected_reasons": dict(self.reasons), "notes": dict(self.notes),
             "duration_histogram": {"counts": self.hist.tolist(), "edges_s": [round(e, 3) for e in self.edges]},
             "charset": "".join(sorted(self.chars)),
+            "style": self.style.as_dict(),
         }
 
     def write(self, out_dir: Path, run: str) -> dict:
@@ -85,4 +89,9 @@ def _report_md(payload: dict, split: str) -> str:
     if payload["notes"]:
         lines += ["Notes: " + ", ".join(f"{k} x{v}" for k, v in payload["notes"].items()), ""]
     lines += [f"Characters: `{payload['charset']}`", ""]
+    style = payload["style"]
+    lines += [f"Transcript style: {100 * style['with_capitals']:.0f}% of utterances with capitals, "
+              f"{100 * style['with_punctuation']:.0f}% with punctuation, {100 * style['with_digits']:.0f}% with "
+              f"digits, {100 * style['with_spelled_numbers']:.0f}% with spelled numbers (train.py compares this "
+              "with what the start point writes).", ""]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import read_metadata
+from streamtune.stages.export.onnx_export import read_metadata
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -35,21 +35,43 @@ def _metadata(mode_dir: Path) -> dict[str, str]:
     return read_metadata(mode_dir / "encoder.onnx")
 
 
-def recognizer(mode_dir: Path, threads: int = 1):
+def recognizer(mode_dir: Path, threads: int = 1, beam: int = 0, hotwords: list[str] | None = None,
+               hotwords_score: float = 1.5):
+    """sherpa-onnx's online recognizer on ``mode_dir``: greedy search, or modified beam search with ``beam``
+    active paths and, optionally, ``hotwords`` (words/phrases in the tokenizer's case; they need the
+    ``bpe.vocab`` the export writes)."""
+    import os
+    import tempfile
+
     import sherpa_onnx
 
     meta = _metadata(mode_dir)
-    return sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(mode_dir / "tokens.txt"), encoder=str(mode_dir / "encoder.onnx"),
-        decoder=str(mode_dir / "decoder.onnx"), joiner=str(mode_dir / "joiner.onnx"), num_threads=threads,
-        sample_rate=SAMPLE_RATE, feature_dim=int(meta["feat_dim"]), model_type="nemo_transducer",
-        low_freq=0.0, high_freq=SAMPLE_RATE / 2, dither=0.0, decoding_method="greedy_search")
+    search = {"decoding_method": "greedy_search"}
+    if beam or hotwords:
+        search = {"decoding_method": "modified_beam_search", "max_active_paths": max(beam, 4)}
+    if hotwords:
+        if not (mode_dir / "bpe.vocab").exists():
+            raise FileNotFoundError(f"{mode_dir / 'bpe.vocab'}: hotwords need it (export the model again)")
+        words = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        words.write("".join(f"{w}\n" for w in hotwords))
+        words.close()
+        search.update(hotwords_file=words.name, hotwords_score=hotwords_score, modeling_unit="bpe",
+                      bpe_vocab=str(mode_dir / "bpe.vocab"))
+    try:
+        return sherpa_onnx.OnlineRecognizer.from_transducer(
+            tokens=str(mode_dir / "tokens.txt"), encoder=str(mode_dir / "encoder.onnx"),
+            decoder=str(mode_dir / "decoder.onnx"), joiner=str(mode_dir / "joiner.onnx"), num_threads=threads,
+            sample_rate=SAMPLE_RATE, feature_dim=int(meta["feat_dim"]), model_type="nemo_transducer",
+            low_freq=0.0, high_freq=SAMPLE_RATE / 2, dither=0.0, **search)
+    finally:
+        if hotwords:
+            os.unlink(search["hotwords_file"])  # read when the recognizer is built
 
 
-def sherpa_decode(mode_dir: Path, audios: list[np.ndarray], threads: int = 1, pad: bool = True
-                  ) -> tuple[list[str], dict]:
+def sherpa_decode(mode_dir: Path, audios: list[np.ndarray], threads: int = 1, pad: bool = True, beam: int = 0,
+                  hotwords: list[str] | None = None, hotwords_score: float = 1.5) -> tuple[list[str], dict]:
     """Transcripts of 16 kHz mono float32 ``audios``, each its own stream; and the padding used."""
-    rec = recognizer(mode_dir, threads)
+    rec = recognizer(mode_dir, threads, beam, hotwords, hotwords_score)
     meta = _metadata(mode_dir)
     left, tail = padding_samples(int(meta["pre_encode_cache_size"]), int(meta["subsampling_factor"]),
                                  int(meta["chunk_shift"])) if pad else (0, 0)

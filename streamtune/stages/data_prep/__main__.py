@@ -1,0 +1,136 @@
+"""``python -m data_prep <command> ...``: each command a pure function plus this thin CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamtune.errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamtune-prep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    syn = sub.add_parser("synthetic", help="espeak-ng speech from a word list (train/dev/test, disjoint sentences)")
+    syn.add_argument("--out", required=True, help="output directory")
+    syn.add_argument("--num-train", type=int, default=3000)
+    syn.add_argument("--num-dev", type=int, default=40)
+    syn.add_argument("--num-test", type=int, default=60)
+    syn.add_argument("--min-words", type=int, default=2)
+    syn.add_argument("--max-words", type=int, default=5)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--num-jobs", type=int, default=2)
+    syn.add_argument("--force", action="store_true", help="regenerate even if the corpus is up to date")
+    syn.add_argument("--words-file", help="word list to draw sentences from (whitespace-separated, # comments); "
+                     "default: the demo's 96 words")
+    syn.add_argument("--voices", help="comma-separated espeak-ng voices, e.g. en-gb-x-gbcwmd+f5,en-us+m4; "
+                     "default: the demo's seven")
+    syn.add_argument("--id-prefix", default="synth", help="cut ids are <prefix>-<split>-00000")
+    syn.add_argument("--word-timings", action="store_true", help="speak word by word and store each word's start "
+                     "and end (Lhotse word alignment): a test set for evaluate.py's emission delay")
+    syn.set_defaults(func=run_synthetic)
+
+    def add_common(p):
+        p.add_argument("--out", required=True,
+                       help="output directory (cuts_<split>.jsonl.gz, rejected_<split>.jsonl, report_<split>.json)")
+        p.add_argument("--split", default="train", help="name of the cuts file written: cuts_<split>.jsonl.gz")
+        p.add_argument("--split-ratio", help="e.g. train=0.9,dev=0.05,test=0.05: deterministic split by --split-key")
+        p.add_argument("--split-key", default="id",
+                       help="what decides the split: id, or speaker (keeps a speaker whole)")
+        p.add_argument("--num-jobs", type=int, default=2, help="threads decoding and checking audio")
+        p.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
+        p.add_argument("--no-audio-check", action="store_true", help="trust the metadata; do not decode audio")
+        p.add_argument("--tokenizer", help="tokenizer dir: reject transcripts with characters it cannot spell")
+        p.add_argument("--lowercase", action="store_true")
+        p.add_argument("--strip-punctuation", action="store_true")
+        p.add_argument("--min-duration", type=float, default=0.1, help="seconds")
+        p.add_argument("--max-duration", type=float, default=40.0, help="seconds")
+        p.add_argument("--shar", action="store_true",
+                       help="also write Lhotse Shar shards (flac) under <out>/shar/<split>")
+        p.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard")
+        p.set_defaults(func=run_source)
+
+    nemo = sub.add_parser("nemo", aliases=["granary"], help="NeMo / Granary JSONL manifests (globs allowed)")
+    nemo.add_argument("--manifest", required=True, nargs="+")
+    nemo.add_argument("--text-key", default="text", help="transcript field: text, or answer for Granary")
+    nemo.add_argument("--lang", help="keep only lines whose source_lang/lang is this")
+    add_common(nemo)
+
+    tarred = sub.add_parser("nemo-tarred", help="NeMo tarred audio: audio_N.tar + manifest_N.json (globs allowed)")
+    tarred.add_argument("--manifest", required=True, nargs="+")
+    tarred.add_argument("--tar", required=True, nargs="+")
+    tarred.add_argument("--text-key", default="text")
+    tarred.add_argument("--lang")
+    add_common(tarred)
+
+    hf = sub.add_parser("hf", help="a local Hugging Face dataset (save_to_disk dir, parquet/arrow files)")
+    hf.add_argument("--dataset", required=True, help="local path; the hub is never contacted")
+    hf.add_argument("--hf-split", help="which split of a DatasetDict")
+    hf.add_argument("--audio-column", default="audio")
+    hf.add_argument("--text-column", default="text")
+    hf.add_argument("--id-column")
+    add_common(hf)
+
+    fold = sub.add_parser("folder", help="a folder of audio files with sibling .txt transcripts or one TSV/CSV")
+    fold.add_argument("--dir", required=True)
+    fold.add_argument("--transcripts", help="TSV/CSV with columns id or path, and text")
+    add_common(fold)
+
+    lho = sub.add_parser("lhotse", help="existing Lhotse cuts: validate and rewrite")
+    lho.add_argument("--cuts", required=True, nargs="+")
+    add_common(lho)
+
+    noise = sub.add_parser("noise", help="a folder of noise (or room impulse response) recordings for data.augment")
+    noise.add_argument("--dir", required=True, help="audio files under it, any depth")
+    noise.add_argument("--out", required=True, help="output directory (cuts_noise.jsonl.gz or rirs.jsonl.gz)")
+    noise.add_argument("--rirs", action="store_true", help="impulse responses: write a RecordingSet for "
+                       "data.augment.rir_path instead of noise cuts for data.augment.noise_path")
+    noise.set_defaults(func=run_noise)
+
+    tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer from cuts into a NeMo tokenizer dir")
+    tok.add_argument("--cuts", required=True, nargs="+", help="cuts file(s) whose transcripts train it")
+    tok.add_argument("--out", required=True, help="output tokenizer directory")
+    tok.add_argument("--vocab-size", type=int, default=128)
+    tok.add_argument("--type", default="bpe", choices=["bpe", "unigram"])
+    tok.add_argument("--force", action="store_true")
+    tok.set_defaults(func=run_tokenizer)
+    return parser
+
+
+def run_synthetic(args) -> None:
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic, read_words
+
+    words = read_words(args.words_file) if args.words_file else None
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
+    prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed, num_jobs=args.num_jobs,
+                      min_words=args.min_words, max_words=args.max_words, force=args.force, words=words,
+                      voices=voices, id_prefix=args.id_prefix, word_timings=args.word_timings)
+
+
+def run_source(args) -> None:
+    from streamtune.stages.data_prep.prepare import prepare_source
+
+    prepare_source(args)
+
+
+def run_noise(args) -> None:
+    from streamtune.stages.data_prep.noise import prepare_noise
+
+    prepare_noise(args.dir, args.out, rirs=args.rirs)
+
+
+def run_tokenizer(args) -> None:
+    from streamtune.stages.data_prep.tokenizer import train_tokenizer
+
+    train_tokenizer(args.cuts, args.out, vocab_size=args.vocab_size, tokenizer_type=args.type, force=args.force)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

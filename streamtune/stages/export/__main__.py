@@ -1,0 +1,179 @@
+"""``python -m export <step> --config RECIPE --model MODEL.nemo [key=value ...]``
+
+Steps, each writing into the bundle dir ``export.dist_dir/<export.name or run.name>/``:
+
+  parity    PyTorch streaming vs offline per chunk mode: tokens identical, encoder outputs within
+            export.parity_atol; writes parity.json; exit 1 on failure
+  onnx      ONNX per chunk mode (+ int8) in sherpa-onnx's layout; our ONNX Runtime streaming decoder
+            must give PyTorch's tokens; int8 and sherpa-onnx WER gated; writes onnx.json; exit 1 on failure
+  package   refuses unless parity.json and onnx.json passed for this very .nemo; adds the .nemo,
+            tokenizer, sample, results.json, MODEL_CARD.md, manifest.json (+ tarball with export.tarball)
+  verify    --bundle DIR (or the recipe's bundle): re-hash against manifest.json, load and decode; exit 1
+  all       parity, onnx, package, verify; stops at the first failure
+  serve     --bundle DIR: a streaming WebSocket server over a verified bundle, with a microphone page at /
+            (`python -m export serve --help`; the protocol is in streamtune/stages/export/serve.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streamtune.config import add_config_args, load_config
+from streamtune.errors import UserError, cli_entry
+
+STEPS = ["parity", "onnx", "package", "verify", "all", "serve"]
+
+
+def bundle_dir(cfg) -> Path:
+    return Path(cfg.export.dist_dir) / (cfg.export.name or cfg.run.name)
+
+
+def _parity_set(cfg, bundle: Path):
+    """export.parity_cuts, else data.dev, else data.test; with none of them, speech generated with espeak-ng."""
+    from streamtune.data import load_utterances
+
+    cuts = cfg.export.parity_cuts or cfg.data.dev or cfg.data.test
+    if not cuts:
+        from streamtune.stages.data_prep.synthetic import prepare_synthetic
+
+        n = cfg.export.parity_max_utts or 20
+        print(f"no parity set in the recipe (export.parity_cuts, data.dev, data.test): generating {n} utterances")
+        cuts = prepare_synthetic(bundle.parent / f".{bundle.name}-parity-speech", num_train=0, num_dev=0,
+                                 num_test=n, seed=0, id_prefix="parity")["test"]
+    return load_utterances(cuts, cfg.export.parity_max_utts)
+
+
+def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
+    from streamtune.stages.export.parity import check_parity, parity_summary, write_verdict
+
+    payload = check_parity(model, utts, modes, cfg.export.parity_atol, batch_size=cfg.eval.batch_size)
+    path = write_verdict(bundle / "parity.json", payload, model_path)
+    return _report(payload, path, parity_summary(payload), "streaming differs from offline",
+                   f"parity passed in every mode on {len(utts)} utterances")
+
+
+def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
+    import shutil
+
+    from streamtune.stages.export.onnx_check import check_onnx, onnx_summary
+    from streamtune.stages.export.parity import write_verdict
+
+    shutil.rmtree(bundle / "onnx", ignore_errors=True)
+    from streamtune.decoding import boost_phrases
+    from streamtune.stages.export.onnx_export import INT8_VARIANTS
+
+    unknown = [v for v in cfg.export.int8_variants if v not in INT8_VARIANTS]
+    if unknown or (cfg.export.int8 and not cfg.export.int8_variants):
+        raise UserError(f"export.int8_variants: {unknown or 'empty'}; choose from {', '.join(INT8_VARIANTS)}")
+    hotwords = list(boost_phrases(cfg.export.hotwords, "export.hotwords")) if cfg.export.hotwords is not None else None
+    payload = check_onnx(model, utts, modes, bundle / "onnx", cfg.export.parity_atol, cfg.export.int8,
+                         cfg.export.int8_max_wer_delta, cfg.export.sherpa_check, cfg.export.sherpa_max_wer_delta,
+                         batch_size=cfg.eval.batch_size, int8_variants=list(cfg.export.int8_variants),
+                         int8_target=cfg.export.int8_target_wer_delta, sherpa_beam=int(cfg.export.sherpa_beam),
+                         hotwords=hotwords)
+    path = write_verdict(bundle / "onnx.json", payload, model_path)
+    return _report(payload, path, onnx_summary(payload), "the ONNX check failed",
+                   f"ONNX fp32 == PyTorch streaming in every mode on {len(utts)} utterances")
+
+
+def _report(payload: dict, path: Path, table: str, failure: str, success: str) -> int:
+    """Print a verdict's table and its one-line outcome; 1 when any mode failed."""
+    print(table)
+    if not payload["passed"]:
+        failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
+        print(f"FAIL: {failure} at {', '.join(failed)}; see {path}", file=sys.stderr)
+        return 1
+    print(f"{success}; wrote {path}")
+    return 0
+
+
+def run_verify(bundle: Path, expect_manifest_sha256: str | None = None) -> int:
+    from streamtune.stages.export.verify import VerifyError, verify
+
+    try:
+        lines = verify(bundle, expect_manifest_sha256)
+    except VerifyError as err:
+        print(f"FAIL: {bundle}: {err}", file=sys.stderr)
+        return 1
+    print(f"verified {bundle}: " + "; ".join(lines))
+    return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamtune-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("--model", help="a local .nemo file (every step but verify)")
+    parser.add_argument("--bundle", help="verify, serve: the bundle dir (default: the recipe's "
+                        "export.dist_dir/<name>)")
+    parser.add_argument("--expect-manifest-sha256", metavar="HEX",
+                        help="verify: the sha256 of manifest.json as its publisher states it (package prints it)")
+    serving = parser.add_argument_group("serve")
+    serving.add_argument("--chunk-ms", type=int, help="the chunk mode to serve (default: the model's default)")
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serving.add_argument("--port", type=int, default=8765)
+    serving.add_argument("--max-streams", type=int,
+                         help="streams served at once; more are refused (default: a capacity probe at start-up)")
+    serving.add_argument("--idle-s", type=float, default=30.0, help="close a stream silent for this long")
+    serving.add_argument("--max-message-kib", type=int, default=256, help="largest audio message accepted")
+    serving.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_config_args(parser, required=False)
+    args = parser.parse_intermixed_args(argv)
+    if args.step == "serve":
+        from streamtune.stages.export.serve import ServeOptions, serve
+
+        if not args.bundle:
+            raise UserError("`python -m export serve` needs --bundle DIR (an exported, verified bundle)")
+        if args.max_streams is not None and args.max_streams < 1:
+            raise UserError("--max-streams must be >= 1")
+        serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
+                                              args.max_message_kib, args.device), args.expect_manifest_sha256)
+        return 0
+    if args.step == "verify" and args.bundle:
+        return run_verify(Path(args.bundle), args.expect_manifest_sha256)
+    if not args.config:
+        raise UserError(f"`python -m export {args.step}` needs --config RECIPE" +
+                        (" (or --bundle DIR)" if args.step == "verify" else ""))
+    cfg = load_config(args.config, args.overrides)
+    bundle = bundle_dir(cfg)
+    if args.step == "verify":
+        return run_verify(bundle, args.expect_manifest_sha256)
+    if not args.model:
+        raise UserError(f"`python -m export {args.step}` needs --model (a local .nemo file)")
+
+    from streamtune.chunks import select_modes
+    from streamtune.models import load_model
+    from streamtune.runtime import setup_runtime
+
+    setup_runtime(cfg)
+    model = load_model(args.model)
+    modes = select_modes(model, list(cfg.eval.chunk_ms))
+    bundle.mkdir(parents=True, exist_ok=True)
+    steps = ["parity", "onnx", "package", "verify"] if args.step == "all" else [args.step]
+    utts = _parity_set(cfg, bundle) if {"parity", "onnx", "package"} & set(steps) else []
+    for step in steps:
+        if step == "parity":
+            rc = run_parity(model, args.model, bundle, cfg, modes, utts)
+        elif step == "onnx":
+            rc = run_onnx(model, args.model, bundle, cfg, modes, utts)
+        elif step == "package":
+            from streamtune.stages.export.package import package
+
+            package(model, Path(args.model), bundle, cfg, modes, utts[0])
+            from streamtune.stages.export.parity import sha256_file
+
+            print(f"bundle ready: {bundle}; manifest.json sha256 {sha256_file(bundle / 'manifest.json')} "
+                  "(publish it: `verify --expect-manifest-sha256` checks it)")
+            rc = 0
+        else:
+            rc = run_verify(bundle, args.expect_manifest_sha256)
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

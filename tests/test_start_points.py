@@ -1,0 +1,164 @@
+"""Start points users reach for: a hub name resolved through NeMo's from_pretrained and a local Hugging Face cache
+(offline), partial initialisation (model.init_include / init_exclude), and the transcript-style guard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tests.test_finetune import NEMOTRON, cpu_overrides
+
+STYLE_OK = "data.allow_style_change=true"
+
+
+def _hf_cache(cache: Path, repo_id: str, nemo: Path) -> Path:
+    """The layout huggingface_hub writes when it downloads ``<name>.nemo`` of ``repo_id``: a content-addressed
+    blob, a snapshot per commit linking to it, and refs/main naming the commit."""
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    data = nemo.read_bytes()
+    blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    commit = hashlib.sha1(data).hexdigest()
+    snapshot = folder / "snapshots" / commit / f"{repo_id.split('/')[-1]}.nemo"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(os.path.relpath(blob, snapshot.parent))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _train(args: list[str], cache: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMTUNE_", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(cache.parent / "hf_home"))
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_hub_name_resolves_from_the_hf_cache_offline(base_nemo, corpus, tmp_path):
+    cache = tmp_path / "hub"
+    cached = _hf_cache(cache, "acme/tiny-streaming", base_nemo)
+    common = ["--config", str(NEMOTRON / "full_finetune.yaml"), *cpu_overrides(corpus, tmp_path / "runs", steps=1)]
+    done = _train([*common, "model.init_from=acme/tiny-streaming"], cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    setup = next((tmp_path / "runs").glob("*/latest/model_setup.txt")).read_text()
+    assert f"init_from acme/tiny-streaming: {cached} (Hugging Face cache)" in setup
+
+    missing = _train([*common, "model.init_from=acme/not-cached"], cache)
+    assert missing.returncode == 2
+    error = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "\n" not in error[0], missing.stderr  # one line, whatever NeMo logs around it
+    assert str(cache) in error[0] and "HF_HUB_OFFLINE=1" in error[0]
+    assert "`hf download acme/not-cached not-cached.nemo`" in error[0]
+
+
+@pytest.fixture(scope="module")
+def trained_base(base_nemo, tmp_path_factory) -> Path:
+    """base.nemo with every weight moved: a fresh initialisation cannot coincide with it."""
+    from streamtune.models import load_model, save_model
+
+    model = load_model(base_nemo)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    return save_model(model, tmp_path_factory.mktemp("moved") / "moved.nemo")
+
+
+def _partial(trained_base, corpus, tmp_path, *extra):
+    from lightning.pytorch import seed_everything
+
+    from streamtune.config import load_config
+    from streamtune.models import build_model
+
+    cfg = load_config(NEMOTRON / "full_finetune.yaml", [f"model.init_from={trained_base}", STYLE_OK,
+                                                        *cpu_overrides(corpus, tmp_path), *extra])
+    seed_everything(cfg.run.seed)
+    notes = []
+    return build_model(cfg, log=notes.append), "\n".join(notes)
+
+
+def test_partial_init_keeps_included_modules_bitwise(trained_base, corpus, tmp_path):
+    from streamtune.models import load_model
+
+    source = load_model(trained_base).state_dict()
+    model, notes = _partial(trained_base, corpus, tmp_path, "model.init_include=[encoder,preprocessor]")
+    state = model.state_dict()
+    encoder = [k for k in state if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(state[k], source[k]) for k in encoder)
+    fresh = [k for k, v in model.named_parameters() if k.startswith(("decoder.", "joint."))]
+    assert fresh and all(not torch.equal(state[k], source[k]) for k in fresh), "decoder and joint re-initialised"
+    assert "encoder: " in notes and "(loaded)" in notes and "decoder: 0 of" in notes and "(fresh)" in notes
+
+    # The same split said the other way round, and an excluded module may change shape.
+    model, notes = _partial(trained_base, corpus, tmp_path, "model.init_exclude=[decoder,joint]",
+                            "+model.joint.jointnet.joint_hidden=24")
+    assert model.joint.joint_net[-1].in_features == 24
+    assert all(torch.equal(model.state_dict()[k], source[k]) for k in encoder)
+
+
+def test_partial_init_errors_name_the_prefix(trained_base, corpus, tmp_path):
+    from streamtune.errors import UserError
+
+    with pytest.raises(UserError, match="model.init_include 'encodr' names nothing.*encoder"):
+        _partial(trained_base, corpus, tmp_path, "model.init_include=[encodr]")
+    with pytest.raises(UserError, match="keeps joint.* with shape .* the recipe's model has"):
+        _partial(trained_base, corpus, tmp_path, "model.init_include=[joint]", "+model.joint.jointnet.joint_hidden=24")
+
+
+def _cased_cuts(cased_tokenizer: Path) -> Path:
+    return cased_tokenizer.parent / "cased.jsonl.gz"  # written by the cased_tokenizer fixture
+
+
+def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, corpus, cased_tokenizer, tmp_path,
+                                                                  capsys):
+    from streamtune.stages import train
+
+    overrides = [o for o in cpu_overrides(corpus, tmp_path / "runs") if o != STYLE_OK]
+    args = ["--config", str(NEMOTRON / "full_finetune.yaml"), f"model.init_from={base_nemo}", *overrides]
+    assert train.main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and len(error.splitlines()) == 1
+    assert "writes capitals and punctuation, but data.train does not (0.0% with capitals, 0.0% with punctuation)" \
+        in error
+    assert "data.allow_style_change=true" in error and "recipes/nemotron/replay_mix.yaml" in error
+    assert not (tmp_path / "runs").exists(), "refused before a run dir exists"
+
+    # Matching data, a replay mix with enough PnC in it, or an explicit choice: no stop.
+    from streamtune.config import load_config
+    from streamtune.models import check_model_config
+
+    cased = _cased_cuts(cased_tokenizer)
+    lower = corpus / "cuts_train.jsonl.gz"
+    for extra in ([f"data.train={cased}"], [f"data.train=[[{lower},0.75],[{cased},0.25]]"], [STYLE_OK]):
+        check_model_config(load_config(NEMOTRON / "full_finetune.yaml",
+                                       [f"model.init_from={base_nemo}", *overrides, *extra]))
+    # A mix with too little PnC still stops.
+    from streamtune.errors import UserError
+
+    with pytest.raises(UserError, match="3.0% with capitals"):
+        check_model_config(load_config(NEMOTRON / "full_finetune.yaml", [
+            f"model.init_from={base_nemo}", *overrides, f"data.train=[[{lower},0.97],[{cased},0.03]]"]))
+    # The replay-mix recipe is that mix, ready to fill in.
+    cfg = load_config(NEMOTRON / "replay_mix.yaml", [f"model.init_from={base_nemo}", *overrides,
+                                                     f"data.train=[[{lower},0.75],[{cased},0.25]]"])
+    check_model_config(cfg)
+
+
+def test_data_prep_report_states_the_transcript_style(cased_tokenizer, corpus, tmp_path):
+    from streamtune.stages.data_prep.__main__ import main as prep
+
+    for cuts, out, capitals in ((_cased_cuts(cased_tokenizer), tmp_path / "cased", 1.0),
+                                (corpus / "cuts_train.jsonl.gz", tmp_path / "lower", 0.0)):
+        assert prep(["lhotse", "--cuts", str(cuts), "--out", str(out), "--no-audio-check"]) == 0
+        style = json.loads((out / "report_train.json").read_text())["style"]
+        assert style["with_capitals"] == capitals and style["with_punctuation"] == capitals
+        assert style["utterances"] == 48
+        assert "Transcript style: " in (out / "report_train.md").read_text()
