@@ -46,6 +46,7 @@ class ModeResult:
     chunk_ms: int
     att_context: list[int]
     decode: str  # "streaming" | "offline"
+    decoding: str  # the search: "greedy", "beam4", "greedy+boost3", ... (streamtune.decoding)
     wer: float  # fractions; Whisper-normalised words
     wer_pnc: float  # case and punctuation kept
     cer: float  # characters of the Whisper-normalised text
@@ -67,10 +68,11 @@ class ModeResult:
     step_ms_p95: float | None
 
 
-def _result(model: str, test_set: str, mode: ChunkMode, decode: str, total: Scores, utts: int, audio_s: float,
-            decode_s: float, streams: int, step_s: list[float]) -> ModeResult:
+def _result(model: str, test_set: str, mode: ChunkMode, decode: str, decoding: str, total: Scores, utts: int,
+            audio_s: float, decode_s: float, streams: int, step_s: list[float]) -> ModeResult:
     return ModeResult(
         model=model, test_set=test_set, chunk_ms=mode.chunk_ms, att_context=mode.att_context, decode=decode,
+        decoding=decoding,
         wer=total.words.wer, wer_pnc=total.pnc.wer, cer=total.chars.wer,
         errors=total.words.errors, ref_words=total.words.ref_words, substitutions=total.words.substitutions,
         deletions=total.words.deletions, insertions=total.words.insertions,
@@ -84,8 +86,8 @@ def _result(model: str, test_set: str, mode: ChunkMode, decode: str, total: Scor
 
 
 # ----- emission delay ---------------------------------------------------------------------------------
-def hypothesis_words(tokenizer, tokens: list[int], emit_s: list[float]) -> list[tuple[str, float, float]]:
-    """Group SentencePiece tokens into words: ``(word, first token's emission, last token's emission)``."""
+def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
+    """SentencePiece tokens grouped into words: ``(word, indices of its tokens)``."""
     pieces = tokenizer.ids_to_tokens(tokens) if tokens else []
     groups: list[list[int]] = []
     for k, piece in enumerate(pieces):
@@ -96,8 +98,35 @@ def hypothesis_words(tokenizer, tokens: list[int], emit_s: list[float]) -> list[
     for g in groups:
         text = tokenizer.ids_to_text([tokens[k] for k in g]).strip()
         if text:
-            words.append((text, emit_s[g[0]], emit_s[g[-1]]))
+            words.append((text, g))
     return words
+
+
+def hypothesis_words(tokenizer, tokens: list[int], emit_s: list[float]) -> list[tuple[str, float, float]]:
+    """Words with ``(word, first token's emission, last token's emission)``."""
+    return [(text, emit_s[g[0]], emit_s[g[-1]]) for text, g in word_groups(tokenizer, tokens)]
+
+
+def word_timings(tokenizer, tokens: list[int], frames: list[int], frame_s: float, emit_s: list[float] | None = None,
+                 confidence: list[float] | None = None) -> list[dict]:
+    """Per word: ``start`` / ``end`` in audio seconds (its first token's encoder frame to the end of its last
+    token's frame), ``emitted`` (streaming: the audio time at the end of the chunk that emitted its last token),
+    and NeMo's word ``confidence`` when the decoding computed it (one per ``text.split()`` word)."""
+    groups = word_groups(tokenizer, tokens)
+    if confidence is not None and len(confidence) != len(groups):
+        confidence = None  # NeMo splits words differently here (rare): leave confidence out rather than misalign
+    rows = []
+    for w, (text, g) in enumerate(groups):
+        row = {"word": text}
+        if len(frames) == len(tokens):
+            row["start"] = round(frames[g[0]] * frame_s, 3)
+            row["end"] = round((frames[g[-1]] + 1) * frame_s, 3)
+        if emit_s:
+            row["emitted"] = round(emit_s[g[-1]], 3)
+        if confidence is not None:
+            row["confidence"] = round(confidence[w], 4)
+        rows.append(row)
+    return rows
 
 
 def _match_form(word: str) -> str:
@@ -180,17 +209,44 @@ class _Tally:
         self.step_s += step_s
 
 
-def _hyp_row(label: str, test_set: str, utt: Utterance, mode: ChunkMode, decode: str, hyp: str, tokens: list[int],
-             sc: Scores) -> str:
+def _hyp_row(label: str, test_set: str, utt: Utterance, mode: ChunkMode, decode: str, decoding: str, hyp: str,
+             tokens: list[int], words: list[dict], sc: Scores) -> str:
     return json.dumps({
         "model": label, "test_set": test_set, "id": utt.id, "chunk_ms": mode.chunk_ms, "decode": decode,
-        "ref": utt.text, "hyp": hyp, "tokens": tokens, "errors": sc.words.errors, "ref_words": sc.words.ref_words,
-        "substitutions": sc.words.substitutions, "deletions": sc.words.deletions, "insertions": sc.words.insertions,
-        "pnc_errors": sc.pnc.errors, "char_errors": sc.chars.errors}) + "\n"
+        "decoding": decoding, "ref": utt.text, "hyp": hyp, "tokens": tokens, "words": words,
+        "errors": sc.words.errors, "ref_words": sc.words.ref_words, "substitutions": sc.words.substitutions,
+        "deletions": sc.words.deletions, "insertions": sc.words.insertions, "pnc_errors": sc.pnc.errors,
+        "char_errors": sc.chars.errors}) + "\n"
+
+
+class Manifests:
+    """``--output-manifest``: one NeMo manifest (JSON lines with ``pred_text``) per model, test set, chunk mode and
+    decode, as NeMo's Speech Data Explorer and other NeMo tools read them."""
+
+    def __init__(self, out_dir: Path | None):
+        self.out_dir = out_dir
+        self.files: dict[str, TextIO] = {}
+
+    def write(self, label: str, test_set: str, mode: ChunkMode, decode: str, utt: Utterance, hyp: str) -> None:
+        if self.out_dir is None:
+            return
+        name = f"{label}_{test_set}_{mode.chunk_ms}ms_{decode}.json".replace("/", "-")
+        if name not in self.files:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.files[name] = open(self.out_dir / name, "w")
+        row = {"audio_filepath": utt.source, "offset": utt.offset_s, "duration": round(utt.duration_s, 4),
+               "text": utt.text, "pred_text": hyp, "id": utt.id}
+        self.files[name].write(json.dumps(row) + "\n")
+
+    def close(self) -> list[Path]:
+        for f in self.files.values():
+            f.close()
+        return [self.out_dir / n for n in self.files] if self.out_dir else []
 
 
 def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource], modes: list[ChunkMode],
-                   decodes: list[str], hyps: TextIO) -> tuple[list[ModeResult], list[dict], list[dict], dict]:
+                   decodes: list[str], hyps: TextIO, decoding: str = "greedy", manifests: Manifests | None = None,
+                   ) -> tuple[list[ModeResult], list[dict], list[dict], dict]:
     """Decode every set in every mode and decode, streaming the test sets batch by batch.
 
     Audio is read per batch (``runner.batch_size`` utterances, sorted by duration within a window), turned into
@@ -201,15 +257,19 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
     bad = [d for d in decodes if d not in DECODES]
     if bad:
         raise UserError(f"eval.decodes has {bad}; choose from {list(DECODES)}")
+    from streamtune.progress import progress
+
     keys = [(mode, decode) for mode in modes for decode in decodes]
     pooled = {key: _Tally() for key in keys}
     results, equal, emissions, stats = [], [], [], {}
+    tokenizer, frame_s = runner.model.tokenizer, runner.frame_s()
     for ts in sets:
         tallies = {key: _Tally() for key in keys}
         delays = {mode.chunk_ms: EmissionDelays() for mode in modes}
         differing = {mode.chunk_ms: 0 for mode in modes}
         stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True}
-        for batch in utterance_batches(ts.cuts, runner.batch_size):
+        batches = progress(utterance_batches(ts.cuts, runner.batch_size), f"[{label}] {ts.name}", unit="batch")
+        for batch in batches:
             feats = [runner.features(u.audio) for u in batch]
             for u in batch:
                 u.audio = None  # the features are all decoding needs
@@ -226,14 +286,19 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
                     total, per_utt = corpus_scores([u.text for u in batch], out.texts)
                     tallies[mode, decode].add(total, batch, elapsed, out.step_times)
                     pooled[mode, decode].add(total, batch, elapsed, out.step_times)
-                    for utt, hyp, toks, sc in zip(batch, out.texts, out.tokens, per_utt):
-                        hyps.write(_hyp_row(label, ts.name, utt, mode, decode, hyp, toks, sc))
+                    for k, (utt, hyp, toks, sc) in enumerate(zip(batch, out.texts, out.tokens, per_utt)):
+                        words = word_timings(tokenizer, toks, out.frames[k] if out.frames else [], frame_s,
+                                             out.emit_s[k] if out.emit_s else None,
+                                             out.word_confidence[k] if out.word_confidence else None)
+                        hyps.write(_hyp_row(label, ts.name, utt, mode, decode, decoding, hyp, toks, words, sc))
+                        if manifests is not None:
+                            manifests.write(label, ts.name, mode, decode, utt, hyp)
                     if decode == "streaming":
                         delays[mode.chunk_ms].add(runner.model.tokenizer, batch, out)
                 if "streaming" in tokens and "offline" in tokens:
                     differing[mode.chunk_ms] += sum(a != b for a, b in zip(tokens["streaming"], tokens["offline"]))
         for (mode, decode), tally in tallies.items():
-            results.append(_result(label, ts.name, mode, decode, tally.scores, tally.utts, tally.audio_s,
+            results.append(_result(label, ts.name, mode, decode, decoding, tally.scores, tally.utts, tally.audio_s,
                                    tally.decode_s, runner.batch_size, tally.step_s))
         for mode in modes:
             if "streaming" in decodes and "offline" in decodes:
@@ -244,7 +309,7 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
                 emissions.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, **summary})
     if len(sets) > 1:
         for (mode, decode), tally in pooled.items():
-            results.append(_result(label, ALL, mode, decode, tally.scores, tally.utts, tally.audio_s,
+            results.append(_result(label, ALL, mode, decode, decoding, tally.scores, tally.utts, tally.audio_s,
                                    tally.decode_s, runner.batch_size, tally.step_s))
     return results, equal, emissions, stats
 
@@ -262,28 +327,34 @@ class Evaluation:
 
 
 def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg, hyps: TextIO,
-                    device: str = "cpu") -> Evaluation:
+                    device: str = "cpu", manifests: Manifests | None = None) -> Evaluation:
     """Each model in turn (loaded, decoded, dropped): every set, chunk mode and decode, and the latency sweep
     on slices of the first set's first utterances."""
     from streamtune.chunks import select_modes
+    from streamtune.decoding import decoding_from_config
     from streamtune.latency import algorithmic_latency, step_latency
     from streamtune.models import load_model
 
     out = Evaluation()
     decodes = list(eval_cfg.decodes)
+    decoding = decoding_from_config(eval_cfg)
     latency_utts = load_utterances(sets[0].cuts, max_audio_s=2 * float(eval_cfg.latency_audio_s))
     for spec in specs:
         model = load_model(spec.path, device=device)
         modes = select_modes(model, list(eval_cfg.chunk_ms))
         out.chunk_ms += [m.chunk_ms for m in modes if m.chunk_ms not in out.chunk_ms]
-        runner = StreamingRunner(model, batch_size=eval_cfg.batch_size, device=device)
-        print(f"[{spec.label}] decoding {len(sets)} test set(s) x {len(modes)} chunk modes x {decodes}", flush=True)
-        results, equal, emissions, out.test_sets = evaluate_model(runner, spec.label, sets, modes, decodes, hyps)
+        runner = StreamingRunner(model, batch_size=eval_cfg.batch_size, device=device, decoding=decoding)
+        print(f"[{spec.label}] decoding {len(sets)} test set(s) x {len(modes)} chunk modes x {decodes} "
+              f"({decoding.label})", flush=True)
+        results, equal, emissions, out.test_sets = evaluate_model(runner, spec.label, sets, modes, decodes, hyps,
+                                                                  decoding.label, manifests)
         out.results += results
         out.streaming_equals_offline += equal
         out.emission_delay += emissions
         if "streaming" in decodes:
-            for mode in modes:
+            from streamtune.progress import progress
+
+            for mode in progress(modes, f"[{spec.label}] step latency", unit="mode"):
                 for row in step_latency(model, mode, latency_utts, list(eval_cfg.latency_streams),
                                         float(eval_cfg.latency_audio_s), device):
                     out.latency.append({"model": spec.label, **algorithmic_latency(mode), **row})

@@ -1,12 +1,47 @@
-"""Candidates against a baseline (deltas per test set, chunk mode and decode) and the pass/fail gates."""
+"""Candidates against a baseline (deltas per test set, chunk mode and decode, each with a paired bootstrap
+interval) and the pass/fail gates."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from array import array
+from pathlib import Path
+
 from streamtune.evaluation import ALL, ModelSpec, ModeResult
+from streamtune.stats import paired_bootstrap
 
 
-def compare(results: list[ModeResult], baseline: str, tolerance: float) -> list[dict]:
-    """Each candidate vs the baseline, per test set, chunk size and decode; ``tolerance`` in WER points (%)."""
+def utterance_errors(hyps_path: Path) -> dict[tuple, tuple[str, array, array]]:
+    """Per (model, test set, chunk, decode): (digest of the utterance ids in order, errors, reference words) of
+    every utterance, read back from ``hyps.jsonl`` (ints only: memory stays small for large test sets)."""
+    out: dict[tuple, list] = {}
+    with open(hyps_path) as f:
+        for line in f:
+            row = json.loads(line)
+            key = (row["model"], row["test_set"], row["chunk_ms"], row["decode"])
+            entry = out.setdefault(key, [hashlib.sha256(), array("i"), array("i")])
+            entry[0].update(row["id"].encode() + b"\0")
+            entry[1].append(row["errors"])
+            entry[2].append(row["ref_words"])
+    return {k: (h.hexdigest(), e, r) for k, (h, e, r) in out.items()}
+
+
+def _pooled(per_utt: dict, model: str, chunk_ms: int, decode: str):
+    """The ``all`` test set: every set's utterances of this model, chunk and decode, in test-set order."""
+    parts = [v for (m, _, ms, d), v in sorted(per_utt.items(), key=lambda kv: kv[0][1])
+             if m == model and ms == chunk_ms and d == decode]
+    digest = hashlib.sha256("".join(p[0] for p in parts).encode()).hexdigest()
+    return digest, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]]
+
+
+def compare(results: list[ModeResult], baseline: str, tolerance: float, per_utt: dict | None = None,
+            replications: int = 10000, seed: int = 0) -> list[dict]:
+    """Each candidate vs the baseline, per test set, chunk size and decode; ``tolerance`` in WER points (%).
+
+    With the per-utterance errors (:func:`utterance_errors`), each delta gets its 95 % paired bootstrap interval
+    (``ci95_points``), ``significant`` (the interval excludes 0) and ``p_improvement``.
+    """
     base = {(r.test_set, r.chunk_ms, r.decode): r for r in results if r.model == baseline}
     deltas = []
     for r in results:
@@ -14,18 +49,29 @@ def compare(results: list[ModeResult], baseline: str, tolerance: float) -> list[
         if r.model == baseline or b is None:
             continue
         delta = 100 * (r.wer - b.wer)
+        ci, p_improvement = None, None
+        if per_utt is not None:
+            get = (lambda m: _pooled(per_utt, m, r.chunk_ms, r.decode)) if r.test_set == ALL else \
+                (lambda m: per_utt.get((m, r.test_set, r.chunk_ms, r.decode)))
+            mine, theirs = get(r.model), get(baseline)
+            if mine and theirs and mine[0] == theirs[0] and len(mine[2]):  # the same utterances, in the same order
+                low, high, p_improvement = paired_bootstrap(theirs[1], mine[1], mine[2], replications, seed)
+                ci = [round(low, 4), round(high, 4)]
         deltas.append({"model": r.model, "test_set": r.test_set, "chunk_ms": r.chunk_ms, "decode": r.decode,
-                       "baseline_wer": b.wer, "wer": r.wer, "delta_points": delta,
+                       "decoding": r.decoding, "baseline_wer": b.wer, "wer": r.wer, "delta_points": delta,
                        "relative": (r.wer - b.wer) / b.wer if b.wer > 0 else None,
-                       "regression": delta > tolerance})
+                       "ci95_points": ci, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)),
+                       "p_improvement": p_improvement, "regression": delta > tolerance})
     return deltas
 
 
 def gate(results: list[ModeResult], deltas: list[dict], models: list[ModelSpec], max_wer: float | None,
-         max_regression: float | None) -> dict:
+         max_regression: float | None, needs_significance: bool = True) -> dict:
     """Streaming WER of every candidate (every model when there is no baseline), per test set and chunk size.
 
-    ``max_wer`` / ``max_regression`` are in WER points (%); the pooled ``all`` rows are not gated twice.
+    ``max_wer`` / ``max_regression`` are in WER points (%); the pooled ``all`` rows are not gated twice. With
+    ``needs_significance``, a regression over ``max_regression`` fails only when its bootstrap interval is above
+    0 (the test set is large enough to tell); one that is not is listed in ``not_significant``.
     """
     gated = {m.label for m in models if m.role == "candidate"}
     failures = []
@@ -34,10 +80,18 @@ def gate(results: list[ModeResult], deltas: list[dict], models: list[ModelSpec],
             if r.model in gated and r.decode == "streaming" and r.test_set != ALL and 100 * r.wer > max_wer:
                 failures.append(f"{r.model} on {r.test_set} at {r.chunk_ms} ms: streaming WER {100 * r.wer:.2f} % "
                                 f"> --max-wer {max_wer:g} %")
+    unclear = []
     if max_regression is not None:
         for d in deltas:
             if d["decode"] == "streaming" and d["test_set"] != ALL and d["delta_points"] > max_regression:
-                failures.append(f"{d['model']} on {d['test_set']} at {d['chunk_ms']} ms: streaming WER "
-                                f"{100 * d['baseline_wer']:.2f} -> {100 * d['wer']:.2f} % "
-                                f"(+{d['delta_points']:.2f} points > --max-regression {max_regression:g})")
-    return {"max_wer": max_wer, "max_regression": max_regression, "passed": not failures, "failures": failures}
+                ci = d.get("ci95_points")
+                interval = f", 95 % interval [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+                line = (f"{d['model']} on {d['test_set']} at {d['chunk_ms']} ms: streaming WER "
+                        f"{100 * d['baseline_wer']:.2f} -> {100 * d['wer']:.2f} % "
+                        f"(+{d['delta_points']:.2f} points > --max-regression {max_regression:g}{interval})")
+                if needs_significance and ci is not None and not d["significant"]:
+                    unclear.append(line + ": not significant on this test set")
+                else:
+                    failures.append(line + (", significant" if d.get("significant") else ""))
+    return {"max_wer": max_wer, "max_regression": max_regression, "needs_significance": needs_significance,
+            "passed": not failures, "failures": failures, "not_significant": unclear}

@@ -28,8 +28,9 @@ def wer_tables(results: list[ModeResult], models: list[str]) -> str:
     test_sets = list(dict.fromkeys(r.test_set for r in results))
     for ts in test_sets:
         chunks = sorted({r.chunk_ms for r in results if r.test_set == ts}, reverse=True)
+        searches = ", ".join(sorted({r.decoding for r in results if r.test_set == ts}))
         head = "| chunk | " + " | ".join(f"{m} streaming | {m} offline | {m} PnC WER | {m} CER" for m in models) + " |"
-        out += [f"**{ts}**", "", head, "|" + "---|" * (1 + 4 * len(models))]
+        out += [f"**{ts}** ({searches})", "", head, "|" + "---|" * (1 + 4 * len(models))]
         for ms in chunks:
             cells = []
             for m in models:
@@ -56,13 +57,22 @@ def results_markdown(payload: dict) -> str:
     if payload.get("comparison"):
         comp = payload["comparison"]
         md += [f"## Against the baseline `{comp['baseline']}`", "",
-               f"Regression flag: WER up by more than {comp['tolerance_points']:g} points.", "",
-               "| model | test set | chunk | decode | baseline | model | delta | relative | |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               f"Regression flag: WER up by more than {comp['tolerance_points']:g} points. 95 % interval: paired "
+               "bootstrap over utterances (Bisani & Ney, as Kaldi's compute-wer-bootci; "
+               f"{payload['settings'].get('bootstrap', {}).get('replications', '?')} draws, fixed seed); a delta "
+               "is significant when its interval excludes 0. P(better): the share of draws in which the model "
+               "makes fewer errors than the baseline.", "",
+               "| model | test set | chunk | decode | baseline | model | delta | 95 % interval | significant "
+               "| P(better) | relative | |",
+               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for d in comp["deltas"]:
             rel = "-" if d["relative"] is None else f"{100 * d['relative']:+.1f} %"
+            ci = d.get("ci95_points")
+            interval = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
+            p_better = "-" if d.get("p_improvement") is None else f"{d['p_improvement']:.3f}"
             md.append(f"| {d['model']} | {d['test_set']} | {d['chunk_ms']} ms | {d['decode']} | "
-                      f"{_fmt(d['baseline_wer'])} | {_fmt(d['wer'])} | {d['delta_points']:+.2f} | {rel} | "
+                      f"{_fmt(d['baseline_wer'])} | {_fmt(d['wer'])} | {d['delta_points']:+.2f} | {interval} | "
+                      f"{'yes' if d.get('significant') else 'no'} | {p_better} | {rel} | "
                       f"{'REGRESSION' if d['regression'] else ''} |")
         md.append("")
     md += ["## Latency and throughput", "",
@@ -102,8 +112,14 @@ def results_markdown(payload: dict) -> str:
         md.append("")
     g = payload["gates"]
     md += ["## Gates", "", ("PASSED" if g["passed"] else "FAILED") + f" (max WER {g['max_wer']}, "
-           f"max regression {g['max_regression']} points)", *[f"* {f}" for f in g["failures"]], ""]
-    md += ["Plots: `wer_vs_chunk.png`, `step_compute_vs_streams.png`. Per-utterance hypotheses: `hyps.jsonl`.", ""]
+           f"max regression {g['max_regression']} points"
+           + (", significant regressions only" if g.get("needs_significance") else "") + ")",
+           *[f"* {f}" for f in g["failures"]], *[f"* (not failed) {f}" for f in g.get("not_significant", [])], ""]
+    plots = ["`wer_vs_chunk.png`", "`step_compute_vs_streams.png`"]
+    if payload["emission_delay"]:
+        plots.append("`emission_delay.png`")
+    md += [f"Plots: {', '.join(plots)}. Per-utterance hypotheses, with word times and confidence: "
+           "`hyps.jsonl`.", ""]
     return "\n".join(md)
 
 
@@ -167,6 +183,80 @@ def plot_step_compute(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_emission_delay(payload: dict, path: Path) -> None:
+    """First- and final-token emission delay (p50, p95) per chunk mode, a line per model and test set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=STEP_PLOT_SIZE)
+    keys = list(dict.fromkeys((e["model"], e["test_set"]) for e in payload["emission_delay"]))
+    for k, (model, ts) in enumerate(keys):
+        rows = sorted((e for e in payload["emission_delay"] if e["model"] == model and e["test_set"] == ts),
+                      key=lambda e: e["chunk_ms"])
+        chunks = [e["chunk_ms"] for e in rows]
+        for key, style in (("first_token_ms_p50", "-o"), ("final_token_ms_p50", "--s"), ("final_token_ms_p95", ":^")):
+            ax.plot(chunks, [e[key] for e in rows], style, color=f"C{k}",
+                    label=f"{model} {ts}: {key.replace('_ms_', ' ').replace('_', ' ')}")
+    chunks = sorted({e["chunk_ms"] for e in payload["emission_delay"]})
+    ax.plot(chunks, chunks, color="grey", lw=1, label="the chunk itself")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(chunks, [str(c) for c in chunks])
+    ax.set_xlabel("chunk (ms)")
+    ax.set_ylabel("emission delay after the word ends (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+
+
+def plot_training_curves(run_dir: Path, path: Path) -> Path:
+    """A run's ``logs/metrics.csv`` (and its resumed parts) as curves: training loss, and dev WER per chunk mode,
+    against the step."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from streamtune.errors import UserError
+
+    files = sorted((run_dir / "logs").rglob("metrics.csv"))
+    if not files:
+        raise UserError(f"{run_dir} has no logs/metrics.csv; pass a run dir written by train.py")
+    series: dict[str, dict[int, float]] = {}
+    for f in files:
+        for row in csv.DictReader(open(f)):
+            for key, value in row.items():
+                if value and (key == "train_loss" or key.startswith("val_wer")) and row.get("step"):
+                    series.setdefault(key, {})[int(row["step"])] = float(value)
+    fig, (loss_ax, wer_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    if "train_loss" in series:
+        steps = sorted(series["train_loss"])
+        loss_ax.plot(steps, [series["train_loss"][s] for s in steps], lw=1)
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_yscale("log")
+    loss_ax.grid(alpha=0.3)
+    for k, key in enumerate(sorted(k for k in series if k.startswith("val_wer"))):
+        steps = sorted(series[key])
+        wer_ax.plot(steps, [100 * series[key][s] for s in steps], "-o" if "mean" in key else "-", ms=3,
+                    color=f"C{k}", lw=2 if key == "val_wer_mean" else 1, label=key.removeprefix("val_"))
+    wer_ax.set_xlabel("step")
+    wer_ax.set_ylabel("dev WER (%)")
+    wer_ax.grid(alpha=0.3)
+    if any(k.startswith("val_wer") for k in series):
+        wer_ax.legend(fontsize=7)
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
 def check_schema(payload: dict) -> None:
     """Validate against results.schema.json (a bug, not a user error, if it fails)."""
     import jsonschema
@@ -182,14 +272,18 @@ def write_reports(out_dir: Path, payload: dict) -> None:
     (out_dir / "results.md").write_text(results_markdown(payload))
     plot_wer_vs_chunk(payload, out_dir / "wer_vs_chunk.png")
     plot_step_compute(payload, out_dir / "step_compute_vs_streams.png")
+    if payload["emission_delay"]:
+        plot_emission_delay(payload, out_dir / "emission_delay.png")
 
 
 def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict, run: Evaluation,
-                  tolerance: float, max_wer: float | None, max_regression: float | None) -> dict:
+                  tolerance: float, max_wer: float | None, max_regression: float | None, per_utt: dict | None = None,
+                  replications: int = 10000, needs_significance: bool = True) -> dict:
     """``results.json``: settings, models, test sets (with what :func:`evaluate_models` counted), every result,
-    the streaming-vs-offline check, latency, emission delay, the comparison with a baseline and the gates."""
+    the streaming-vs-offline check, latency, emission delay, the comparison with a baseline (with paired
+    bootstrap intervals from ``per_utt``, ``streamtune.gates.utterance_errors``) and the gates."""
     baseline = next((m.label for m in models if m.role == "baseline"), None)
-    deltas = compare(run.results, baseline, tolerance) if baseline else []
+    deltas = compare(run.results, baseline, tolerance, per_utt, replications) if baseline else []
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,7 +295,7 @@ def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict
         "latency": run.latency,
         "emission_delay": run.emission_delay,
         "comparison": {"baseline": baseline, "tolerance_points": tolerance, "deltas": deltas} if baseline else None,
-        "gates": gate(run.results, deltas, models, max_wer, max_regression),
+        "gates": gate(run.results, deltas, models, max_wer, max_regression, needs_significance),
     }
 
 
@@ -216,8 +310,11 @@ def print_summary(payload: dict, out_dir: Path) -> int:
                   f"from offline on {entry['differing_utts']} of {entry['utts']} utterances")
     for d in (payload["comparison"] or {}).get("deltas", []):
         if d["regression"]:
+            ci = d.get("ci95_points")
+            sig = (f", 95 % interval [{ci[0]:+.2f}, {ci[1]:+.2f}]: " + ("significant" if d["significant"] else
+                   "not significant")) if ci else ""
             print(f"regression: {d['model']} on {d['test_set']} at {d['chunk_ms']} ms ({d['decode']}): "
-                  f"{d['delta_points']:+.2f} WER points vs {payload['comparison']['baseline']}")
+                  f"{d['delta_points']:+.2f} WER points vs {payload['comparison']['baseline']}{sig}")
     print(f"reports in {out_dir}")
     if not payload["gates"]["passed"]:
         print("FAIL:\n  " + "\n  ".join(payload["gates"]["failures"]), file=sys.stderr)

@@ -4,10 +4,12 @@ It serves ``evaluate.py``, ``export parity`` and the benchmarks. For each chunk
 mode it decodes a batch of utterances two ways:
 
 * ``offline``: the whole utterance through the encoder with the mode's
-  ``att_context_size`` mask, then greedy RNN-T;
+  ``att_context_size`` mask, then the RNN-T search;
 * ``streaming``: mel frames fed chunk by chunk through
   ``encoder.cache_aware_stream_step`` with the attention / convolution caches
-  carried between steps, greedy RNN-T hypotheses carried across chunks.
+  carried between steps, greedy RNN-T hypotheses carried across chunks (a beam
+  search, which NeMo cannot continue across chunks, runs once over the streamed
+  encoder output at the end: see ``streamtune.decoding``).
 
 Features are computed once per utterance (``normalize: "NA"``, no dither in
 eval mode), so the two paths see identical features and differ only in how the
@@ -66,6 +68,10 @@ class DecodeResult:
     # Streaming only: per utterance, per token, the audio time (s) at the end of the chunk that emitted it:
     # the earliest moment a server could show the token (compute time not included).
     emit_s: list[list[float]] | None = None
+    # Per utterance, per token: the encoder frame it was emitted at (NeMo's hypothesis timestamps).
+    frames: list[list[int]] | None = None
+    # Per utterance, per word (text.split()): NeMo's word confidence, when the decoding computes it.
+    word_confidence: list[list[float] | None] | None = None
 
 
 class StreamingRunner:
@@ -77,7 +83,7 @@ class StreamingRunner:
 
     def __init__(self, model, batch_size: int = 8, device: str | torch.device = "cpu",
                  zero_fill_pre_cache: bool = False,
-                 feeding: str = "exact"):
+                 feeding: str = "exact", decoding=None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if feeding not in FEEDINGS:
@@ -94,6 +100,12 @@ class StreamingRunner:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.subsampling = int(model.encoder.subsampling_factor)
+        if decoding is not None:  # a streamtune.decoding.Decoding; None keeps the model's own decoding
+            from streamtune.decoding import apply_decoding
+
+            apply_decoding(model, decoding)
+        # Whether the search continues its hypotheses chunk by chunk (greedy) or runs once at the end (beam).
+        self.carries = str(model.cfg.decoding.get("strategy", "greedy_batch")).startswith("greedy")
 
     # ----- features -------------------------------------------------------------------------
     @torch.no_grad()
@@ -150,10 +162,32 @@ class StreamingRunner:
         seq = hyp.y_sequence
         return [int(t) for t in (seq.tolist() if torch.is_tensor(seq) else seq)]
 
+    @staticmethod
+    def _frame_list(hyp) -> list[int]:
+        stamps = hyp.timestamp
+        if isinstance(stamps, dict):
+            stamps = stamps.get("timestep", [])
+        if stamps is None:
+            return []
+        return [int(t) for t in (stamps.tolist() if hasattr(stamps, "tolist") else stamps)]
+
+    @staticmethod
+    def _confidence_list(hyp) -> list[float] | None:
+        conf = getattr(hyp, "word_confidence", None)
+        if not conf:
+            return None
+        return [float(c.item() if torch.is_tensor(c) else c) for c in conf]
+
+    def frame_s(self) -> float:
+        """Seconds of audio per encoder frame (10 ms mel hop x subsampling: 80 ms)."""
+        return self.hop_samples() * self.subsampling / float(self.model.preprocessor._sample_rate)
+
     # ----- offline ---------------------------------------------------------------------------
     @torch.no_grad()
     def offline(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False) -> DecodeResult:
         tokens: list[list[int]] = [[] for _ in feats]
+        frames: list[list[int]] = [[] for _ in feats]
+        confidence: list[list[float] | None] = [None] * len(feats)
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
         with att_context(self.model, mode) as enc:
             for idx in self._batches(len(feats)):
@@ -164,9 +198,12 @@ class StreamingRunner:
                 )
                 for j, i in enumerate(idx):
                     tokens[i] = self._token_list(hyps[j])
+                    frames[i] = self._frame_list(hyps[j])
+                    confidence[i] = self._confidence_list(hyps[j])
                     if keep_encoded:
                         encoded_out[i] = encoded[j, :, : int(enc_len[j])].T.cpu()
-        return DecodeResult(tokens, self.texts(tokens), encoded_out if keep_encoded else None)
+        return DecodeResult(tokens, self.texts(tokens), encoded_out if keep_encoded else None, frames=frames,
+                            word_confidence=confidence)
 
     # ----- streaming -------------------------------------------------------------------------
     @torch.no_grad()
@@ -179,19 +216,23 @@ class StreamingRunner:
         """
         tokens: list[list[int]] = [[] for _ in feats]
         emit_s: list[list[float]] = [[] for _ in feats]
+        frames: list[list[int]] = [[] for _ in feats]
+        confidence: list[list[float] | None] = [None] * len(feats)
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
-        out = DecodeResult(tokens, [], None, emit_s=emit_s)
+        out = DecodeResult(tokens, [], None, emit_s=emit_s, frames=frames, word_confidence=confidence)
         with att_context(self.model, mode) as enc:
             for idx in self._batches(len(feats)):
                 # Longest first, so the streams still running are always a prefix of the batch.
                 idx = sorted(idx, key=lambda i: -feats[i].shape[1])
-                toks, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded,
+                hyps, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded,
                                                                        on_step)
                 out.steps.append(len(times))
                 out.step_times.extend(times)
                 out.step_streams.extend(streams)
                 for j, i in enumerate(idx):
-                    tokens[i], emit_s[i] = toks[j], emits[j]
+                    tokens[i], emit_s[i] = self._token_list(hyps[j]) if hyps[j] is not None else [], emits[j]
+                    frames[i] = self._frame_list(hyps[j]) if hyps[j] is not None else []
+                    confidence[i] = self._confidence_list(hyps[j]) if hyps[j] is not None else None
                     if keep_encoded:
                         encoded_out[i] = encs[j]
         out.texts = self.texts(tokens)
@@ -261,29 +302,38 @@ class StreamingRunner:
             cache_channel[:, :n] = next_channel
             cache_time[:, :n] = next_time
             cache_channel_len[:n] = next_channel_len
-            new_hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=encoded,
-                encoded_lengths=enc_len,
-                return_hypotheses=True,
-                partial_hypotheses=hyps[:n] if step > 0 else None,
-            )
-            hyps[:n] = new_hyps
+            if self.carries:
+                new_hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                    encoder_output=encoded,
+                    encoded_lengths=enc_len,
+                    return_hypotheses=True,
+                    partial_hypotheses=hyps[:n] if step > 0 else None,
+                )
+                hyps[:n] = new_hyps
             self._sync()
             ended = time.perf_counter()
             times.append(ended - began)
             streams.append(n)
             stop = on_step is not None and on_step(StepTiming(step, n, encoded_at - began, ended - encoded_at))
             for j in range(n):
-                # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
-                new = len(hyps[j].y_sequence) - len(emits[j])
-                emits[j].extend([(min(end, lengths_list[j]) - shift) * hop_s] * new)
-            if keep_encoded:
+                if self.carries:
+                    # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
+                    new = len(hyps[j].y_sequence) - len(emits[j])
+                    emits[j].extend([(min(end, lengths_list[j]) - shift) * hop_s] * new)
+            if keep_encoded or not self.carries:
                 for j in range(n):
-                    pieces[j].append(encoded[j, :, : int(enc_len[j])].T.cpu())
+                    pieces[j].append(encoded[j, :, : int(enc_len[j])].T)
             start = end
             step += 1
             if stop:
                 break
-        tokens = [self._token_list(h) if h is not None else [] for h in hyps]
-        encoded_full = [torch.cat(p) if p else torch.zeros(0) for p in pieces] if keep_encoded else None
-        return tokens, emits, encoded_full, times, streams
+        if not self.carries:
+            # The search runs once over each stream's encoder output, when the stream has ended.
+            streamed = [torch.cat(p) if p else encoded.new_zeros(0, encoded.shape[1]) for p in pieces]
+            batch_out, out_len = self._pad([e.T for e in streamed])
+            hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=batch_out, encoded_lengths=out_len, return_hypotheses=True)
+            for j in range(n_streams):
+                emits[j] = [(lengths_list[j] - shift) * hop_s] * len(hyps[j].y_sequence)
+        encoded_full = [torch.cat(p).cpu() if p else torch.zeros(0) for p in pieces] if keep_encoded else None
+        return hyps, emits, encoded_full, times, streams

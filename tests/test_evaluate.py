@@ -40,7 +40,7 @@ def blank_nemo(tiny_overrides, tmp_path_factory) -> Path:
 
 
 def _evaluate(*args: str) -> int:
-    import evaluate
+    from streamtune.stages import evaluate
 
     return evaluate.main(["--config", str(DEMO_RECIPE), *args])
 

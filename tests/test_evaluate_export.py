@@ -13,22 +13,8 @@ import torch
 from tests.conftest import DEMO_RECIPE
 
 
-@pytest.fixture(scope="module")
-def bundle(words_run, words_overrides) -> Path:
-    """evaluate.py, then `export all`, on a tiny model that has learnt its ten words."""
-    import evaluate
-    from export.__main__ import main
-
-    model = str(words_run / "final.nemo")
-    # evaluate.py first, into its default place (<model dir>/eval), where package finds results.json.
-    assert evaluate.main(["--config", str(DEMO_RECIPE), "--model", model, *words_overrides]) == 0
-    assert main(["all", "--config", str(DEMO_RECIPE), "--model", model, *words_overrides, "export.tarball=true"]) == 0
-    dist = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("export.dist_dir="))
-    return Path(dist) / "tenwords"
-
-
 def test_export_all_builds_a_bundle_that_verifies(bundle):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     for name in ("model.nemo", "parity.json", "onnx.json", "tokens.txt", "tokenizer/tokenizer.model", "config.yaml",
@@ -67,10 +53,10 @@ def test_onnx_check_is_real(trained_model, corpus, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from export.onnx_decoder import OrtStreamingDecoder
-    from export.onnx_export import export_mode
     from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
+    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.stages.export.onnx_export import export_mode
     from streamtune.streaming import StreamingRunner
 
     mode = next(m for m in chunk_modes(trained_model) if m.chunk_ms == 560)
@@ -90,9 +76,9 @@ def test_onnx_check_is_real(trained_model, corpus, tmp_path):
 
 @pytest.mark.parametrize("ms", [560, 160])
 def test_sherpa_onnx_decodes_the_bundle_close_to_ours(bundle, words_overrides, ms):
-    from export.sherpa import sherpa_decode
     from streamtune.data import load_utterances
     from streamtune.metrics import corpus_errors
+    from streamtune.stages.export.sherpa import sherpa_decode
 
     report = {m["chunk_ms"]: m for m in json.loads((bundle / "onnx.json").read_text())["modes"]}[ms]
     sherpa = report["sherpa_onnx"]
@@ -124,7 +110,7 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("target", ["model.nemo", "onnx/560ms/encoder.onnx", "tokens.txt", "sample/expected.json",
                                     "MODEL_CARD.md"])
 def test_verify_fails_on_a_flipped_byte(bundle, tmp_path, capsys, target):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     copy = _copy(bundle, tmp_path)
     data = bytearray((copy / target).read_bytes())
@@ -135,7 +121,7 @@ def test_verify_fails_on_a_flipped_byte(bundle, tmp_path, capsys, target):
 
 
 def test_verify_fails_on_a_missing_or_an_unlisted_file(bundle, tmp_path, capsys):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     copy = _copy(bundle, tmp_path)
     (copy / "onnx" / "80ms" / "joiner.onnx").unlink()
@@ -148,7 +134,7 @@ def test_verify_fails_on_a_missing_or_an_unlisted_file(bundle, tmp_path, capsys)
 
 
 def test_tarball_is_reproducible(bundle, tmp_path):
-    from export.package import write_tarball
+    from streamtune.stages.export.package import write_tarball
 
     first = hashlib.sha256((bundle.parent / f"{bundle.name}.tar.gz").read_bytes()).hexdigest()
     again = write_tarball(_copy(bundle, tmp_path), tmp_path / "again.tar.gz")  # other dir, other mtimes
@@ -159,9 +145,9 @@ def test_tarball_is_reproducible(bundle, tmp_path):
 def test_a_model_that_breaks_streaming_fails_parity_and_is_not_packaged(tiny_overrides, tmp_path, norm):
     """Group / instance norm in the convolution module normalise over time (the whole utterance offline): no
     chunk can match that. Instance norm cannot even run on a one-frame chunk: that is a failed mode too."""
-    from export.__main__ import main
     from streamtune.config import load_config
     from streamtune.models import build_model
+    from streamtune.stages.export.__main__ import main
 
     overrides = [*tiny_overrides, f"model.encoder.conv_norm_type={norm}", f"export.dist_dir={tmp_path}"]
     torch.manual_seed(0)
@@ -177,7 +163,7 @@ def test_a_model_that_breaks_streaming_fails_parity_and_is_not_packaged(tiny_ove
 
 
 def test_parity_failure_exits_nonzero_and_blocks_package(trained_run, tiny_overrides, tmp_path):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     model = str(trained_run / "final.nemo")
     # A negative tolerance no real difference can meet: parity must fail loudly and package must refuse.
@@ -189,7 +175,7 @@ def test_parity_failure_exits_nonzero_and_blocks_package(trained_run, tiny_overr
 
 
 def test_parity_without_a_dev_set_uses_generated_speech(trained_run, tiny_overrides, tmp_path):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     args = ["--config", str(DEMO_RECIPE), "--model", str(trained_run / "final.nemo"), *tiny_overrides,
             f"export.dist_dir={tmp_path}", "data.dev=null", "data.test=null", "export.parity_max_utts=4"]
@@ -204,10 +190,10 @@ def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
     import onnx
     import soundfile as sf
 
-    from export.onnx_decoder import OrtStreamingDecoder
-    from export.onnx_export import _external_files, _set_metadata, read_metadata
-    from export.sherpa import sherpa_decode
     from streamtune.models import load_model
+    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.stages.export.onnx_export import _external_files, _set_metadata, read_metadata
+    from streamtune.stages.export.sherpa import sherpa_decode
     from streamtune.streaming import StreamingRunner
 
     src, dst = bundle / "onnx" / "560ms", tmp_path / "560ms"
@@ -218,8 +204,8 @@ def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
     assert len(_external_files(onnx.load(str(dst / "encoder.onnx"), load_external_data=False))) > 10
     _set_metadata(dst / "encoder.onnx", read_metadata(src / "encoder.onnx"))
     assert _external_files(onnx.load(str(dst / "encoder.onnx"), load_external_data=False)) == ["encoder.onnx.data"]
-    assert sorted(p.name for p in dst.iterdir()) == ["decoder.onnx", "encoder.onnx", "encoder.onnx.data",
-                                                     "joiner.onnx", "tokens.txt"]
+    assert sorted(p.name for p in dst.iterdir()) == ["bpe.vocab", "decoder.onnx", "encoder.onnx",
+                                                     "encoder.onnx.data", "joiner.onnx", "tokens.txt"]
     assert read_metadata(dst / "encoder.onnx") == read_metadata(src / "encoder.onnx")
     model = load_model(bundle / "model.nemo")
     audio = sf.read(bundle / "sample" / "sample.wav", dtype="float32")[0]
@@ -229,7 +215,7 @@ def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
 
 
 def test_verify_refuses_links_paths_outside_the_bundle_and_partial_samples(bundle, tmp_path, capsys):
-    from export.__main__ import main
+    from streamtune.stages.export.__main__ import main
 
     def verify_fails(copy: Path, *needles: str, extra=()):
         assert main(["verify", "--bundle", str(copy), *extra]) == 1
@@ -268,8 +254,8 @@ def test_verify_refuses_links_paths_outside_the_bundle_and_partial_samples(bundl
 
 def test_the_manifest_digest_catches_a_rewritten_bundle(bundle, tmp_path, capsys):
     """Edit a file and rewrite the manifest to match: only the published manifest sha256 tells."""
-    from export.__main__ import main
-    from export.parity import sha256_file
+    from streamtune.stages.export.__main__ import main
+    from streamtune.stages.export.parity import sha256_file
 
     published = sha256_file(bundle / "manifest.json")
     assert main(["verify", "--bundle", str(bundle), "--expect-manifest-sha256", published]) == 0

@@ -1,0 +1,76 @@
+"""int8 variants of the exported demo model: WER rise and ONNX Runtime decoding time per chunk mode.
+
+    python bench/int8.py [--write] [--demo-model outputs/demo/runs/tiny_cpu/latest/final.nemo]
+
+Runs export's ONNX step (streamtune/stages/export/onnx_check.py) on the demo test set with every variant of
+``export.int8_variants`` into a scratch dir: each chunk mode exported, decoded by ONNX Runtime in fp32 and by
+every int8 variant (one thread, one stream at a time, the export feeding), WER against the references. The
+variant with the smallest worst-mode WER rise is the one ``export`` keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-model", default="outputs/demo/runs/tiny_cpu/latest/final.nemo")
+    parser.add_argument("--cuts", default="outputs/demo/data/cuts_test.jsonl.gz")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from bench import Guard, publish, run_header
+    from streamtune.chunks import chunk_modes
+    from streamtune.config import ExportConfig
+    from streamtune.data import load_utterances
+    from streamtune.models import load_model
+    from streamtune.stages.export.onnx_check import check_onnx
+
+    torch.set_num_threads(args.threads)
+    model_path, cuts = REPO / args.demo_model, REPO / args.cuts
+    if not model_path.exists() or not cuts.exists():
+        raise SystemExit(f"{model_path} or {cuts} missing: run `make demo` first")
+    model = load_model(model_path)
+    utts = load_utterances(cuts)
+    variants = ExportConfig().int8_variants
+    guard = Guard()
+    guard.wait_quiet()
+    with tempfile.TemporaryDirectory() as tmp:
+        payload, others = guard.run("the ONNX step", lambda: check_onnx(
+            model, utts, chunk_modes(model), Path(tmp) / "onnx", 1e-4, True, 100.0, False, 100.0,
+            int8_variants=variants, int8_target=0.5, sherpa_beam=0))
+    lines = ["| variant | " + " | ".join(f"{m['chunk_ms']} ms ΔWER (decode s)" for m in payload["modes"])
+             + " | worst ΔWER |", "|---|" + "---|" * (len(payload["modes"]) + 1)]
+    fp32 = " | ".join(f"{100 * m['fp32']['wer']:.2f} % ({m['fp32']['decode_s']:.1f})" for m in payload["modes"])
+    lines.append(f"| fp32 (WER) | {fp32} | - |")
+    ranking = {r["variant"]: r["worst_mode_delta_points"] for r in payload["int8_choice"]["ranking"]}
+    for variant in variants:
+        cells = []
+        for m in payload["modes"]:
+            r = m["int8_variants"].get(variant, {})
+            cells.append(f"failed: {r['error'][:60]}" if "error" in r else
+                         f"{r['wer_delta_points']:+.2f} ({r['decode_s']:.1f})")
+        worst = f"{ranking[variant]:+.2f}" if variant in ranking else "-"
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {worst} |")
+    choice = payload["int8_choice"]
+    verdict = (f"Kept: **{choice['variant']}**, worst rise {choice['worst_mode_delta_points']:+.2f} points: "
+               + ("meets" if choice["meets_target"] else "misses") + " the 0.5-point target.")
+    header = run_header(f"python bench/int8.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip(),
+                        f"{len(utts)} test utterances; ONNX Runtime 1 thread, one stream at a time; other processes "
+                        f"used {others:.2f} cores")
+    publish("Export: int8 variants", "\n".join([header, "", *lines, "", verdict]), args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
