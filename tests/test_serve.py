@@ -1,0 +1,277 @@
+"""`python -m export serve`: real WebSocket clients on 127.0.0.1 against the server over an exported bundle.
+
+Each client's final tokens must be exactly StreamingRunner.streaming's for its audio, whatever the number of
+clients and the interleaving; bad clients get one clear error each and disturb no one; a real Chromium with a
+fake microphone fed from a wav sees the words appear in the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+ARTEFACTS = REPO / "outputs" / "test-artefacts"
+
+
+class Running:
+    """A StreamServer on an ephemeral port, in a thread with its own event loop."""
+
+    def __init__(self, server):
+        self.server = server
+        self.port = None
+        self._ready = threading.Event()
+        self._stop = None
+        self._loop = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.thread.start()
+        assert self._ready.wait(120), "server did not start"
+
+    async def _main(self):
+        from aiohttp import web
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.server.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def served(bundle):
+    from streamtune.stages.export.serve import StreamServer, load_bundle_model
+
+    model, mode = load_bundle_model(bundle, None, "cpu")
+    running = Running(StreamServer(model, mode, max_streams=16, idle_s=3.0, max_message_kib=64))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def utterances(bundle, words_overrides):
+    """The ten-word test set as 16-bit PCM, and the tokens StreamingRunner.streaming gives each."""
+    from streamtune.data import load_utterances
+    from streamtune.stages.export.serve import load_bundle_model
+    from streamtune.streaming import StreamingRunner
+
+    cuts = next(o.split("=", 1)[1] for o in words_overrides if o.startswith("data.test="))
+    model, mode = load_bundle_model(bundle, None, "cpu")
+    runner = StreamingRunner(model, batch_size=4)
+    out = []
+    for utt in load_utterances(cuts):
+        pcm = np.clip(np.round(utt.audio * 32768), -32768, 32767).astype("<i2")
+        out.append((utt, pcm, pcm.astype(np.float32) / 32768))
+    decoded = runner.streaming(mode, [runner.features(audio) for _, _, audio in out])
+    return [(utt, pcm, tokens) for (utt, pcm, _), tokens in zip(out, decoded.tokens)]
+
+
+async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None = None) -> dict:
+    """Send ``pcm`` in pieces of random sizes as fast as the server takes them, then end; the messages back."""
+    import aiohttp
+
+    rng = np.random.default_rng(seed)
+    got = {"partials": [], "final": None, "errors": []}
+    async with aiohttp.ClientSession() as session, session.ws_connect(url + "/ws") as ws:
+        ready = await ws.receive_json()
+        assert ready["type"] == "ready" and ready["format"] == "pcm_s16le" and ready["sample_rate"] == 16000
+
+        async def read():
+            async for msg in ws:
+                data = json.loads(msg.data)
+                if data["type"] == "partial":
+                    got["partials"].append(data)
+                elif data["type"] == "final":
+                    got["final"] = data
+                else:
+                    got["errors"].append(data)
+
+        reader = asyncio.create_task(read())
+        pos = 0
+        while pos < len(pcm):
+            n = int(rng.integers(200, 4000))
+            await ws.send_bytes(pcm[pos:pos + n].tobytes())
+            pos += n
+            await asyncio.sleep(float(rng.uniform(0, 0.004)))
+            if stop_after is not None and pos >= stop_after:
+                await ws.close()  # leave mid-stream, without "end"
+                reader.cancel()
+                return got
+        await ws.send_str(json.dumps({"type": "end"}))
+        await asyncio.wait_for(reader, 120)
+    return got
+
+
+def _run_clients(url: str, items: list, **kwargs) -> list[dict]:
+    async def main():
+        return await asyncio.gather(*[_client(url, pcm, seed=k, **kwargs.get(k, {})) for k, pcm in enumerate(items)])
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("clients", [1, 4, 16])
+def test_concurrent_clients_get_exactly_the_runners_tokens(served, utterances, clients):
+    chosen = [utterances[k % len(utterances)] for k in range(clients)]
+    results = _run_clients(served.url, [pcm for _, pcm, _ in chosen])
+    for (utt, _, tokens), got in zip(chosen, results):
+        assert not got["errors"], got["errors"]
+        assert got["final"]["tokens"] == tokens, utt.id
+        assert got["partials"], "partial results arrive before the final"
+        covered = [p["audio_s"] for p in got["partials"]]
+        assert covered == sorted(covered) and covered[-1] <= len(utt.audio) / 16000 + 0.2
+        words = got["final"]["words"]
+        assert [w for w, _, _ in words] == got["final"]["text"].split()
+
+
+def test_a_client_leaving_mid_stream_disturbs_no_one(served, utterances):
+    import urllib.request
+
+    chosen = utterances[:5]
+    pcms = [pcm for _, pcm, _ in chosen]
+
+    async def main():
+        return await asyncio.gather(*[_client(served.url, pcm, seed=k, stop_after=len(pcm) // 2 if k == 2 else None)
+                                      for k, pcm in enumerate(pcms)])
+    results = asyncio.run(main())
+    for k, ((utt, _, tokens), got) in enumerate(zip(chosen, results)):
+        if k != 2:
+            assert got["final"]["tokens"] == tokens, utt.id
+    assert results[2]["final"] is None
+    info = json.loads(urllib.request.urlopen(served.url + "/info").read())
+    assert info["streams"] == 0, "the departed stream was dropped"
+    assert _run_clients(served.url, [pcms[0]])[0]["final"]["tokens"] == chosen[0][2], "still serving"
+
+
+def _one_message(url: str, send) -> tuple[dict, int | None]:
+    """Connect, let ``send(ws)`` misbehave, return (the error message, the close code)."""
+    import aiohttp
+
+    async def main():
+        async with aiohttp.ClientSession() as session, session.ws_connect(url + "/ws") as ws:
+            first = await ws.receive_json()
+            if first["type"] == "ready":
+                await send(ws)
+                first = await ws.receive_json()
+            closing = await ws.receive()
+            return first, ws.close_code if closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) \
+                else closing.type
+    return asyncio.run(main())
+
+
+def test_bad_clients_get_one_clear_error_each(served):
+    async def odd(ws):
+        await ws.send_bytes(b"\x01\x02\x03")
+
+    async def chatter(ws):
+        await ws.send_str("hello")
+
+    async def too_big(ws):
+        await ws.send_bytes(b"\x00" * (64 * 1024 + 2))
+
+    async def silent(ws):
+        await asyncio.sleep(3.5)
+
+    cases = {odd: ("bad_frame", "even number of bytes", 1003), chatter: ("bad_message", '{"type": "end"}', 1003),
+             too_big: ("message_too_large", "limit is 65536", 1009), silent: ("idle", "no message for 3 s", 1008)}
+    for send, (code, text, close) in cases.items():
+        error, closed = _one_message(served.url, send)
+        assert error["type"] == "error" and error["code"] == code and text in error["message"], error
+        assert closed == close, (code, closed)
+
+
+def test_over_capacity_is_refused_clearly(bundle, utterances):
+    import aiohttp
+
+    from streamtune.stages.export.serve import StreamServer, load_bundle_model
+
+    model, mode = load_bundle_model(bundle, None, "cpu")
+    running = Running(StreamServer(model, mode, max_streams=2))
+    try:
+        async def main():
+            async with aiohttp.ClientSession() as session:
+                held = [await session.ws_connect(running.url + "/ws") for _ in range(2)]
+                for ws in held:
+                    assert (await ws.receive_json())["type"] == "ready"
+                extra = await session.ws_connect(running.url + "/ws")
+                refused = await extra.receive_json()
+                await extra.receive()
+                code = extra.close_code
+                for ws in held:
+                    await ws.close()
+                return refused, code
+        refused, code = asyncio.run(main())
+        assert refused["code"] == "over_capacity" and "maximum of 2 streams" in refused["message"] and code == 1013
+        # Once the two have left, a new client is served.
+        assert _run_clients(running.url, [utterances[0][1]])[0]["final"]["tokens"] == utterances[0][2]
+    finally:
+        running.stop()
+
+
+def _browser():
+    """(chromium, chromedriver) or a skip saying which is missing: `make test` installs both."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if not path]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (`make setup` installs them with apt-get)")
+    return chromium, driver
+
+
+def test_browser_microphone_page_shows_the_words(served, utterances, tmp_path):
+    """Debian's Chromium opens the page with a fake microphone playing a test utterance; the page streams it and
+    the words appear."""
+    import soundfile as sf
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver = _browser()
+    utt, pcm, tokens = max(utterances, key=lambda u: len(u[0].text.split()))
+    wav = tmp_path / "mic.wav"
+    silence = np.zeros(16000, dtype="<i2")
+    sf.write(wav, np.concatenate([silence, pcm, silence, silence]), 16000, subtype="PCM_16")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}%noloop",
+                "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        browser.get(served.url + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "chunk").text.isdigit())
+        browser.find_element(By.ID, "mic").click()
+        expected = set(utt.text.split())
+        seen = lambda b: expected & set(b.find_element(By.ID, "partial").text.split())  # noqa: E731
+        WebDriverWait(browser, 60).until(seen)
+        WebDriverWait(browser, 60).until(lambda b: len(seen(b)) == len(expected))
+        browser.find_element(By.ID, "mic").click()  # stop: "end", then the final result
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "final").text)
+        final = browser.find_element(By.ID, "final").text
+        latency = browser.find_element(By.ID, "latency").text
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTEFACTS / "serve_page.png"))
+    finally:
+        browser.quit()
+    assert expected <= set(final.split()), (utt.text, final)
+    assert latency.isdigit(), latency
+    assert os.path.getsize(ARTEFACTS / "serve_page.png") > 1000
