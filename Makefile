@@ -12,21 +12,25 @@ RECIPE := recipes/demo/tiny_cpu.yaml
 MODEL := $(DEMO)/runs/tiny_cpu/latest/final.nemo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system demo demo-data test test-slow lint clean
+.PHONY: help setup system demo demo-data test test-slow lint clean gpu-wheels
 
 help:
 	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (~15 min on 2 cores)"
 	@echo "make test       run the test suite (slow tests skipped; make test-slow runs them)"
 	@echo "make lint       ruff (configured in pyproject.toml)"
-	@echo "make setup      system packages (espeak-ng, sox, libsndfile1) + .venv with pinned versions"
+	@echo "make gpu-wheels what a GPU run of bench/gpu/run.sh carries (.whl/, .gpukit/)"
+	@echo "make setup      system packages (espeak-ng, sox, libsndfile1, chromium) + .venv with pinned versions"
 
 setup: system $(STAMP)
 
-# System packages the pipeline and tests use: espeak-ng (speech), sox, libsndfile1 (audio I/O).
+# System packages the pipeline and tests use: espeak-ng (speech), sox, libsndfile1 (audio I/O), chromium and
+# chromium-driver (the browser test of `python -m export serve`'s page).
 system:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || missing="$$missing libsndfile1"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
@@ -59,6 +63,10 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# What a lent GPU machine needs carried for bench/gpu/run.sh: wheels (.whl/) and the demo model (.gpukit/).
+gpu-wheels: setup
+	PY=$(PY) bash bench/gpu/fetch.sh
 
 clean:
 	rm -rf outputs dist runs .pytest_cache

@@ -72,17 +72,21 @@ def buffered(model, enc, decoding, feats, window: Window, step_times: list, fill
     padded = torch.cat([feats.new_full((n, n_feat, window.left * sub), fill), feats,
                         feats.new_full((n, n_feat, pad_after), fill)], dim=2)
     width = window.frames * sub
-    lengths = torch.full((n,), width, dtype=torch.long)
+    lengths = torch.full((n,), width, dtype=torch.long, device=feats.device)
+    sync = torch.cuda.synchronize if feats.is_cuda else (lambda: None)  # GPU work is asynchronous: time it whole
     blank = decoding.blank_id
     tokens: list[list[int]] = [[] for _ in range(n)]
     for step in range(min(steps, max_steps) if max_steps else steps):
         start = step * window.chunk * sub
         buffer = padded[:, :, start:start + width].contiguous()
+        sync()
         t0 = time.perf_counter()
         encoded, enc_len = enc(audio_signal=buffer, length=lengths)
+        sync()
         t1 = time.perf_counter()
         hyps = decoding.rnnt_decoder_predictions_tensor(encoder_output=encoded, encoded_lengths=enc_len,
                                                         return_hypotheses=True)
+        sync()
         step_times.append((t1 - t0, time.perf_counter() - t1))
         for i, hyp in enumerate(hyps):  # the chunk's tokens (NeMo's middle-token merge), not timed
             for frame in hyp.alignments[window.left:window.left + window.chunk]:
