@@ -23,10 +23,12 @@ def write_section(title: str, body: str) -> None:
 
 
 def cpu_ticks() -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks of this process): their difference is other processes' load."""
+    """(busy ticks of the whole machine, ticks of this process and of its children it has waited for): their
+    difference is other processes' load. Children count as this process's own work: a bench that times a
+    subprocess (``make demo``, a fresh-process loss run) must not call its own child a disturbance."""
     cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])
+    return sum(cpu) - cpu[3] - cpu[4], sum(int(own[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
 
 
 def others_seconds(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -134,3 +136,25 @@ def add_model_args(parser, quick_help: str) -> None:
     parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                         help="also the full 24-layer d_model-1024 geometry (random weights)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def add_demo_args(parser) -> None:
+    """The options of the benchmarks that measure the trained demo model on its test set."""
+    parser.add_argument("--demo-model", default="outputs/demo/runs/tiny_cpu/latest/final.nemo")
+    parser.add_argument("--cuts", default="outputs/demo/data/cuts_test.jsonl.gz")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
+
+
+def demo_inputs(args) -> tuple[Path, list]:
+    """(the demo model's path, its test utterances), torch set to ``--threads``; both must exist."""
+    import torch
+
+    from streamtune.data import load_utterances
+
+    torch.set_num_threads(args.threads)
+    repo = Path(__file__).resolve().parent.parent
+    model_path, cuts = repo / args.demo_model, repo / args.cuts
+    if not model_path.exists() or not cuts.exists():
+        raise SystemExit(f"{model_path} or {cuts} missing: run `make demo` first")
+    return model_path, load_utterances(cuts)

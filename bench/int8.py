@@ -21,27 +21,20 @@ sys.path.insert(0, str(REPO))
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo-model", default="outputs/demo/runs/tiny_cpu/latest/final.nemo")
-    parser.add_argument("--cuts", default="outputs/demo/data/cuts_test.jsonl.gz")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write", action="store_true")
+    from bench import add_demo_args
+
+    add_demo_args(parser)
     args = parser.parse_args(argv)
 
-    import torch
 
-    from bench import Guard, publish, run_header
+    from bench import Guard, demo_inputs, publish, run_header
     from streamtune.chunks import chunk_modes
     from streamtune.config import ExportConfig
-    from streamtune.data import load_utterances
     from streamtune.models import load_model
     from streamtune.stages.export.onnx_check import check_onnx
 
-    torch.set_num_threads(args.threads)
-    model_path, cuts = REPO / args.demo_model, REPO / args.cuts
-    if not model_path.exists() or not cuts.exists():
-        raise SystemExit(f"{model_path} or {cuts} missing: run `make demo` first")
+    model_path, utts = demo_inputs(args)
     model = load_model(model_path)
-    utts = load_utterances(cuts)
     variants = ExportConfig().int8_variants
     guard = Guard()
     guard.wait_quiet()

@@ -49,29 +49,22 @@ def nemo_pipeline(model_path: Path, att_context: list[int], streams: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo-model", default="outputs/demo/runs/tiny_cpu/latest/final.nemo")
-    parser.add_argument("--cuts", default="outputs/demo/data/cuts_test.jsonl.gz")
     parser.add_argument("--chunk-ms", type=int, nargs="+", default=[560, 160])
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write", action="store_true")
+    from bench import add_demo_args
+
+    add_demo_args(parser)
     args = parser.parse_args(argv)
 
-    import torch
 
-    from bench import Guard, publish, run_header
+    from bench import Guard, demo_inputs, publish, run_header
     from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
     from streamtune.metrics import corpus_scores
     from streamtune.models import load_model
     from streamtune.streaming import StreamingRunner
     from streamtune.text import normalise_text
 
-    torch.set_num_threads(args.threads)
-    model_path, cuts = REPO / args.demo_model, REPO / args.cuts
-    if not model_path.exists() or not cuts.exists():
-        raise SystemExit(f"{model_path} or {cuts} missing: run `make demo` first")
-    utts = load_utterances(cuts)
+    model_path, utts = demo_inputs(args)
     files = [u.source for u in utts]
     if not all(files):
         raise SystemExit("the test cuts must point at wav files")

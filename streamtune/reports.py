@@ -150,11 +150,7 @@ def plot_wer_vs_chunk(payload: dict, path: Path) -> None:
         ax.set_xlabel("chunk (ms)")
         ax.set_ylabel("WER (%)")
         ax.set_title(ts)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
+    _save(fig, axes[0][:len(test_sets)], path)
 
 
 def plot_step_compute(payload: dict, path: Path) -> None:
@@ -176,11 +172,7 @@ def plot_step_compute(payload: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("compute per step (ms); dotted: real-time limit")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
+    _save(fig, [ax], path)
 
 
 def plot_emission_delay(payload: dict, path: Path) -> None:
@@ -205,11 +197,7 @@ def plot_emission_delay(payload: dict, path: Path) -> None:
     ax.set_xticks(chunks, [str(c) for c in chunks])
     ax.set_xlabel("chunk (ms)")
     ax.set_ylabel("emission delay after the word ends (ms)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
+    _save(fig, [ax], path)
 
 
 def plot_training_curves(run_dir: Path, path: Path) -> Path:
@@ -320,3 +308,15 @@ def print_summary(payload: dict, out_dir: Path) -> int:
         print("FAIL:\n  " + "\n  ".join(payload["gates"]["failures"]), file=sys.stderr)
         return 1
     return 0
+
+
+def _save(fig, axes, path: Path) -> None:
+    """Grid and legend on each axis, then write the figure at the reports' resolution and close it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
