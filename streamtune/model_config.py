@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from streamtune.config import MODEL_KEYS, require, resolved
 from streamtune.errors import UserError
-from streamtune.survey import input_kind, survey_training_data
+from streamtune.survey import input_kind, survey_training_data, weighted_inputs
 
 
 def normalise_probs(probs: list[float] | None, n: int) -> list[float] | None:
@@ -90,16 +90,9 @@ def data_source(spec) -> dict:
     if isinstance(spec, str):
         kind, path = input_kind(spec)
         return {"shar_path": path} if kind == "shar" else {"cuts_path": path}
-    entries = []
-    for entry in spec:
-        try:
-            path, weight = entry
-            weight = float(weight)
-        except (TypeError, ValueError):
-            raise UserError(f"data entry {entry!r} is not [path, weight]") from None
-        kind, path = input_kind(path)
-        entries.append({"type": "lhotse_shar", "shar_path": path, "weight": weight} if kind == "shar"
-                       else {"type": "lhotse", "cuts_path": path, "weight": weight})
+    entries = [{"type": "lhotse_shar", "shar_path": path, "weight": weight} if kind == "shar"
+               else {"type": "lhotse", "cuts_path": path, "weight": weight}
+               for kind, path, weight in weighted_inputs(spec)]
     if not entries:
         raise UserError("data.train is an empty list; give a cuts file, a Shar dir, or [[path, weight], ...]")
     # NeMo refuses to mix Shar (iterable) with cuts files (map-style) unless told to iterate both.

@@ -90,7 +90,8 @@ def _cut_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _inputs(spec) -> list[tuple[Path, float]]:
+def weighted_inputs(spec) -> list[tuple[str, str, float]]:
+    """``data.train`` as (kind, path, weight) per input: a path (weight 1) or a list ``[[path, weight], ...]``."""
     if isinstance(spec, str):
         spec = [[spec, 1.0]]
     inputs = []
@@ -100,8 +101,12 @@ def _inputs(spec) -> list[tuple[Path, float]]:
             weight = float(weight)
         except (TypeError, ValueError):
             raise UserError(f"data entry {entry!r} is not [path, weight]") from None
-        inputs.append((Path(input_kind(path)[1]), weight))
+        inputs.append((*input_kind(path), weight))
     return inputs
+
+
+def _inputs(spec) -> list[tuple[Path, float]]:
+    return [(Path(path), weight) for _, path, weight in weighted_inputs(spec)]
 
 
 @lru_cache(maxsize=8)
