@@ -102,7 +102,11 @@ def main(argv=None) -> int:
         "",
         f"The demo model on generated speech (`python {' '.join(gen)}`), four chunk modes x streaming and offline, "
         "`eval.batch_size=16`, latency sweep at 1 stream. Test sets are read batch by batch (features per batch, "
-        "sorted by duration within a window), hypotheses written as they are scored (kaldialign alignment).",
+        "sorted by duration within a window), hypotheses written as they are scored (kaldialign alignment); "
+        "`eval.mmap_threshold_mib` at its default (4: blocks of 4 MiB and more mapped, returned to the system when "
+        "freed). Without it (glibc's default, threshold rising to 32 MiB) the same bench measured 1.23 and 1.29 on "
+        "2026-12-02; the time it costs was 0-15 % in single runs at 1,000 (152 s without vs 175 s with in one "
+        "side-by-side trial, 150 s in the run below); 1 MiB: 1.06 at about 35 % more time.",
         "",
         *table,
         "",

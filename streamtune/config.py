@@ -194,6 +194,11 @@ class EvalConfig:
     latency_streams: List[int] = field(default_factory=lambda: [1, 4, 16])
     latency_audio_s: float = 8.0
     output_dir: Optional[str] = None
+    # glibc only: allocations of at least this many MiB are mapped and returned to the system when freed. glibc's
+    # own threshold grows to 32 MiB, and batches of varying shapes then fragment the heap: peak memory crept up
+    # with the test set (1,000 vs 100 utterances: 1.23-1.29x; 4 MiB: 1.10x, 0-15 % more time; see
+    # BENCHMARKS.md "Evaluation at scale"). 0 keeps glibc's default; at most 32 (glibc's limit).
+    mmap_threshold_mib: int = 4
 
 
 @dataclass

@@ -27,6 +27,24 @@ def setup_runtime(cfg=None, seed: int | None = None, num_threads: int | None = N
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def set_mmap_threshold(mib: int) -> bool:
+    """glibc's ``M_MMAP_THRESHOLD`` (fixed, so no longer adjusted upwards): allocations of ``mib`` MiB and more are
+    mapped and unmapped when freed instead of coming from the heap. True when set; False where the C library is
+    not glibc (nothing changes)."""
+    import ctypes
+    import ctypes.util
+
+    if mib <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, int(mib) << 20))
+
+
 def trainer_precision(tcfg) -> str:
     """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
     if tcfg.precision != "auto":

@@ -207,6 +207,8 @@ def test_bad_inputs_are_one_clear_error(random_nemo, corpus, tiny_overrides, tmp
     bad.write_text('{"hello": 1}\n')
     assert _evaluate("--model", str(random_nemo), "--cuts", str(bad), *tiny_overrides) == 2
     assert "neither 'audio_filepath'" in capsys.readouterr().err
+    assert _evaluate("--model", str(random_nemo), "--cuts", cuts, "eval.mmap_threshold_mib=64", *tiny_overrides) == 2
+    assert "eval.mmap_threshold_mib must be 0 (glibc's default) to 32" in capsys.readouterr().err
 
 
 def test_emission_delay_is_measured_from_word_end(trained_model):

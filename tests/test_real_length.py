@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,37 @@ def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_m
     streamed, offline = runner.streaming(mode, feats), runner.offline(mode, feats)
     assert streamed.tokens == offline.tokens
     assert len(streamed.step_times) >= cut.duration / 0.16 - 2
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+from streamtune.runtime import set_mmap_threshold
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "set":
+    assert set_mmap_threshold(4)
+size = 6 << 20
+libc.free(libc.malloc(size))  # freeing a mapped block raises glibc's own threshold above it
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(size)
+print(libc.mallinfo2().hblkhd - before >= size)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc only")
+def test_evaluate_mmap_threshold_keeps_large_blocks_out_of_the_heap():
+    """eval.mmap_threshold_mib: with it, a 6 MiB block is mapped again after one was freed (so freeing it returns
+    it to the system); without it glibc raises its threshold and serves the block from the heap, where batches of
+    varying shapes fragment it (the peak memory creep measured in bench/evaluate_scale.py)."""
+    def mapped(arg):
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, arg], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        return out.stdout.strip()
+
+    assert mapped("set") == "True"
+    assert mapped("default") == "False"

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--max-regression needs a baseline: pass --baseline and the base model as the first --model")
     if cfg.eval.batch_size < 1 or any(n < 1 for n in cfg.eval.latency_streams):
         raise UserError("eval.batch_size and every eval.latency_streams entry must be >= 1")
+    if not 0 <= cfg.eval.mmap_threshold_mib <= 32:
+        raise UserError(f"eval.mmap_threshold_mib must be 0 (glibc's default) to 32 (glibc's limit), "
+                        f"not {cfg.eval.mmap_threshold_mib}")
 
     from streamtune.decoding import decoding_from_config
 
@@ -116,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     from streamtune.gates import utterance_errors
     from streamtune.reports import build_payload, print_summary, write_reports
     from streamtune.rundir import git_state
-    from streamtune.runtime import setup_runtime
+    from streamtune.runtime import set_mmap_threshold, setup_runtime
     from streamtune.stages.data_prep.test_sets import resolve_test_set
 
     setup_runtime(cfg)
+    set_mmap_threshold(int(cfg.eval.mmap_threshold_mib))
     candidate = next(s for s in specs if s.role == "candidate")
     out_dir = Path(args.out or cfg.eval.output_dir or Path(candidate.path).resolve().parent / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
