@@ -153,21 +153,44 @@ class LiveStreams:
             s.received += sum(len(p) for p in parts)
 
     # ----- features --------------------------------------------------------------------------
-    @torch.no_grad()
-    def _extend_features(self, s: _Stream) -> None:
-        """Compute every frame that is final given the audio received so far (all of them once it ended)."""
+    def _segment(self, s: _Stream) -> tuple[int, int, int] | None:
+        """(first sample, first frame wanted, last frame + 1) of the audio that gives every frame final so far and
+        not yet computed; None when there is none."""
         have = s.frames_have
         # Frame t's window ends at t * hop + n_fft / 2: final once those samples are in.
         last = s.frames_total if s.ended else max(0, (s.received - (self.reach - 1)) // self.hop + 1)
         if last <= have:
-            return
-        seg_start = max(s.audio_start, (have - self.margin_frames) * self.hop, 0)
-        segment = torch.as_tensor(s.audio[seg_start - s.audio_start:], device=self.device).reshape(1, -1)
-        feats, _ = self.model.preprocessor(input_signal=segment,
-                                           length=torch.tensor([segment.shape[1]], device=self.device))
-        first = seg_start // self.hop  # the global frame of the segment's frame 0
-        new = feats[0, :, have - first: last - first]
-        s.feats = new if s.feats is None else torch.cat([s.feats, new], dim=1)
+            return None
+        return max(s.audio_start, (have - self.margin_frames) * self.hop, 0), have, last
+
+    @torch.no_grad()
+    def _extend_features(self, streams: list[_Stream]) -> None:
+        """Compute every frame that is final given the audio received so far (all of them once a stream ended),
+        one preprocessor call per group of streams with similar segment lengths.
+
+        Exact whatever the batch: the segments are zero-padded on the right, the preprocessor zeroes the signal
+        past each length after pre-emphasis (as its own centre padding would), and no frame taken reaches past
+        its segment."""
+        plans = sorted(((s, plan, s.received - plan[0]) for s in streams if (plan := self._segment(s)) is not None),
+                       key=lambda spl: spl[2])
+        groups: list[list] = []
+        for s, plan, length in plans:
+            if not groups or length > 2 * groups[-1][0][2]:
+                groups.append([])
+            groups[-1].append((s, plan, length))
+        for group in groups:
+            longest = max(length for _, _, length in group)
+            signal = torch.zeros(len(group), longest, device=self.device)
+            for k, (s, (seg_start, _, _), length) in enumerate(group):
+                signal[k, :length] = torch.as_tensor(s.audio[seg_start - s.audio_start:], device=self.device)
+            lengths = torch.tensor([length for _, _, length in group], device=self.device)
+            feats, _ = self.model.preprocessor(input_signal=signal, length=lengths)
+            for k, (s, (seg_start, have, last), _) in enumerate(group):
+                first = seg_start // self.hop  # the global frame of the segment's frame 0
+                self._add_features(s, feats[k, :, have - first: last - first], last)
+
+    def _add_features(self, s: _Stream, new: torch.Tensor, last: int) -> None:
+        s.feats = new.clone() if s.feats is None else torch.cat([s.feats, new], dim=1)
         # Drop what neither the next window (its look-back) nor the next segment needs.
         keep_frame = max(0, s.start - self.pre_cache)
         if keep_frame > s.feats_start:
@@ -198,8 +221,8 @@ class LiveStreams:
         self._take_inbox()
         groups: dict[tuple[int, int, bool], list[tuple[_Stream, int, int]]] = {}
         finished = []
+        self._extend_features(list(self.streams.values()))
         for s in self.streams.values():
-            self._extend_features(s)
             w = self._window(s)
             if w is not None:
                 window_start, end, drop = w
