@@ -21,16 +21,14 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
+    from bench import Guard, add_demo_args, demo_inputs, publish, run_header
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beams", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--batch-size", type=int, default=8)
-    from bench import add_demo_args
-
     add_demo_args(parser)
     args = parser.parse_args(argv)
 
-
-    from bench import Guard, demo_inputs, publish, run_header
     from streamtune.chunks import chunk_modes
     from streamtune.decoding import Decoding
     from streamtune.metrics import corpus_scores

@@ -78,16 +78,14 @@ class FeatureSpy:
 
 
 def main(argv=None) -> int:
+    from bench import Guard, add_demo_args, demo_inputs, publish, run_header
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk-ms", type=int, nargs="+", default=[560, 160])
     parser.add_argument("--streams", type=int, default=16)
-    from bench import add_demo_args
-
     add_demo_args(parser)
     args = parser.parse_args(argv)
 
-
-    from bench import Guard, demo_inputs, publish, run_header
     from streamtune.chunks import chunk_modes
     from streamtune.metrics import corpus_scores
     from streamtune.models import load_model
@@ -128,7 +126,7 @@ def main(argv=None) -> int:
         with FeatureSpy() as spy:
             pipe.run(files)
         nemo_feats = [spy.features(k, f.shape[1]) for k, f in zip(sorted(spy.chunks), ours_feats)]
-        step = spy.chunks[0][1].shape[1] if len(spy.chunks[0]) > 1 else spy.chunks[0][0].shape[1]
+        step = spy.chunks[0][0].shape[1]  # every chunk NeMo's bufferer writes has this many frames
         diff = [(n - f[:, : n.shape[1]]).abs().amax(dim=0) for n, f in zip(nemo_feats, ours_feats)]
         where = {"boundary": [0.0], "last": [0.0], "inside": [0.0]}
         for d in diff:
