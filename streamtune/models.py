@@ -1,6 +1,7 @@
 """Building, loading and configuring NeMo cache-aware streaming ASR models.
 
-We drive NeMo's own classes; nothing here wraps its modules.
+We drive NeMo's own classes; nothing here wraps its modules. The one change to a module at training time is the
+joint's hidden layer, fused on CPU (:mod:`streamtune.joint`): per instance, never saved.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from streamtune.finetune import (
     start_from,
     start_point,
 )
+from streamtune.joint import use_fast_joint
 from streamtune.losses import portable_loss_config, register
 from streamtune.model_config import dataset_configs, model_class, nemo_model_config, recipe_model_section
 from streamtune.survey import survey_training_data
@@ -65,6 +67,7 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
         model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
     log(apply_finetune_mode(model, cfg.finetune))
     check_param_groups(model)
+    use_fast_joint(model.joint)  # training on CPU: the joint's hidden layer fused (streamtune/joint.py); GPU untouched
     return model
 
 
