@@ -12,30 +12,48 @@ import torch
 
 
 class Throughput(pl.Callback):
-    """Logs step time, the audio seconds of the batch and per wall second (``train_audio_s``,
-    ``train_audio_s_per_s``), and the padding ratio (``train_pad_ratio``: padded samples / real samples)."""
+    """Training speed over every batch, not a sample of them: at each logging step (``trainer.log_every_n_steps``)
+    the batches since the last one give ``train_step_s`` (mean seconds per batch), ``train_audio_s`` (mean audio
+    seconds per batch), ``train_audio_s_per_s`` (their audio over their time) and ``train_pad_ratio`` (padded
+    samples / real samples). Lightning writes only the logging steps' values, and NeMo decodes the training batch
+    for ``training_batch_wer`` at those steps only: a per-step value would show that step, not the run."""
 
     def __init__(self):
         self.sample_rate = None
         self._start = None
+        self._last_step = None
+        self._reset()
+
+    def _reset(self):
+        self._batches, self._seconds, self._real, self._padded = 0, 0.0, 0, 0
 
     def setup(self, trainer, pl_module, stage):
         self.sample_rate = int(pl_module.cfg.sample_rate)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._last_step is None:
+            self._last_step = trainer.global_step
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self._start is None:
             return
-        step_s = time.perf_counter() - self._start
         lengths = batch[1].tolist()  # NeMo ASR batches: (audio, audio_len, tokens, tokens_len)
-        real = sum(lengths)
-        audio_s = real / self.sample_rate
-        metrics = {"train_step_s": step_s, "train_audio_s": audio_s, "train_audio_s_per_s": audio_s / step_s,
-                   "train_pad_ratio": (len(lengths) * max(lengths) - real) / max(real, 1)}
+        self._batches += 1
+        self._seconds += time.perf_counter() - self._start
+        self._real += sum(lengths)
+        self._padded += len(lengths) * max(lengths) - sum(lengths)
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        every = trainer.log_every_n_steps
+        if not (stepped and every and trainer.global_step % every == 0):
+            return  # not a step Lightning writes (nor the last micro-batch of one)
+        audio_s = self._real / self.sample_rate
+        metrics = {"train_step_s": self._seconds / self._batches, "train_audio_s": audio_s / self._batches,
+                   "train_audio_s_per_s": audio_s / self._seconds,
+                   "train_pad_ratio": self._padded / max(self._real, 1)}
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=len(lengths))
+        self._reset()
         if torch.cuda.is_available() and batch[1].is_cuda:
             pl_module.log("gpu_mem_peak_gib", torch.cuda.max_memory_allocated() / 2**30, on_step=True,
                           on_epoch=False, batch_size=int(batch[1].shape[0]))

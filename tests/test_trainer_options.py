@@ -84,3 +84,44 @@ def test_ema_weights_are_validated_and_saved_in_final_nemo(tiny_overrides, tmp_p
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert {"val_wer_mean", "val_wer_mean_raw", "train_loss"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_throughput_logged_at_a_logging_step_covers_every_batch_since_the_last(tmp_path, accumulate):
+    """Lightning writes only every log_every_n_steps-th step: the logged rates are those of all batches between."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from omegaconf import OmegaConf
+
+    from streamtune.callbacks import Throughput
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.cfg = OmegaConf.create({"sample_rate": 10})
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w * batch[0].sum() + 1).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    lengths = [[10, 20], [30, 30], [40, 10], [50, 50], [10, 10], [20, 60]]  # samples at 10 Hz, per batch
+    batches = [(torch.zeros(2, max(n)), torch.tensor(n)) for n in lengths]
+    every = 3 if accumulate == 1 else 1  # a row every 3 batches, or every optimizer step of 2 batches
+    group = every * accumulate
+    trainer = pl.Trainer(max_steps=6 // accumulate, log_every_n_steps=every, accumulate_grad_batches=accumulate,
+                         logger=CSVLogger(tmp_path, name="t"), callbacks=[Throughput()], accelerator="cpu",
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Tiny(), train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    rows = [r for r in csv.DictReader(open(next(tmp_path.glob("t/*/metrics.csv")))) if r.get("train_audio_s")]
+    assert len(rows) == len(lengths) // group
+    for i, row in enumerate(rows):
+        batch_lengths = lengths[i * group: (i + 1) * group]
+        real = sum(sum(n) for n in batch_lengths)
+        padded = sum(len(n) * max(n) - sum(n) for n in batch_lengths)
+        assert float(row["train_audio_s"]) == pytest.approx(real / 10 / group), "mean audio seconds per batch"
+        assert float(row["train_pad_ratio"]) == pytest.approx(padded / real)
+        assert float(row["train_audio_s_per_s"]) == pytest.approx(
+            real / 10 / (group * float(row["train_step_s"])), rel=1e-4)
