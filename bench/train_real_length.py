@@ -16,10 +16,15 @@ fresh process, starting from the demo's ``final.nemo`` (recipe ``recipes/demo/ti
   extrapolated (the table says so);
 * the demo's 2 s clips as the demo trains on them (no bucketing), streamtune loss and NeMo ``pytorch`` loss:
   ``--steps`` steps each.
+* the first and fourth again logging every step (a quarter of the steps each): what NeMo's training-batch WER
+  decode at each logging step costs on long and on short speech.
 
-Rates come from the run's own ``metrics.csv`` (``train_step_s``, ``train_audio_s``, ``train_pad_ratio``), the
-first 5 steps left out. A last table splits one long batch (the median bucket) into encoder, prediction net +
-joint and loss, forward and backward.
+Runs log every ``trainer.log_every_n_steps=10`` steps (the schema's default); NeMo decodes the training batch for
+``training_batch_wer`` at those steps only, as in any run. Rates come from the run's own ``metrics.csv``
+(``train_step_s``, ``train_audio_s``, ``train_pad_ratio``: each row the mean of the steps since the last row), the
+first 10 steps (warm-up) left out. A last table splits one long batch (the median bucket) into encoder, prediction net +
+joint and loss, forward and backward, with streamtune's fused joint (what training runs) and NeMo's, and times
+the training-batch WER decode.
 """
 
 from __future__ import annotations
@@ -41,18 +46,24 @@ DEMO_DATA = REPO / "outputs/demo/data"
 LONG_DATA = REPO / "outputs/bench/long"
 LONG_CMD = ["-m", "data_prep", "synthetic", "--out", str(LONG_DATA), "--num-train", "300", "--num-dev", "0",
             "--num-test", "0", "--min-words", "25", "--max-words", "110", "--id-prefix", "long", "--seed", "5"]
-WARMUP = 5
+LOG_EVERY = 10  # trainer.log_every_n_steps: the schema's default
+EVERY_STEP_LONG = "8–40 s, streamtune loss, bucketing, logging every step"
+EVERY_STEP_DEMO = "2 s clips (demo data), streamtune loss, logging every step"
 
 
-def train_run(name: str, overrides: list[str], steps: int, limit_s: float | None = None) -> dict:
+def train_run(name: str, overrides: list[str], steps: int, limit_s: float | None = None,
+              every: int | None = None) -> dict:
     """One train.py run in a fresh process; rates from its metrics.csv (steps after the warm-up)."""
     from bench import Watch, wait_quiet
 
     wait_quiet()
     with tempfile.TemporaryDirectory() as tmp:
+        # A run capped below two logging intervals (NeMo's loss on long speech) logs every step instead.
+        every = every or (LOG_EVERY if steps >= 2 * LOG_EVERY else 1)
         cmd = [sys.executable, "train.py", "--config", RECIPE, f"model.init_from={DEMO_MODEL}", "data.dev=null",
                "data.max_duration_s=40", "logger.wandb_mode=disabled", "trainer.enable_progress_bar=false",
-               "trainer.log_every_n_steps=1", f"trainer.max_steps={steps}", f"run.output_dir={tmp}", *overrides]
+               f"trainer.log_every_n_steps={every}", f"trainer.max_steps={steps}", f"run.output_dir={tmp}",
+               *overrides]
         timed_out = False
         with Watch() as watch:
             try:
@@ -66,8 +77,9 @@ def train_run(name: str, overrides: list[str], steps: int, limit_s: float | None
     steps_s = [float(r["train_step_s"]) for r in rows if r.get("train_step_s")]
     audio_s = [float(r["train_audio_s"]) for r in rows if r.get("train_audio_s")]
     pads = [float(r["train_pad_ratio"]) for r in rows if r.get("train_pad_ratio")]
-    timed = slice(WARMUP, None) if len(steps_s) > 2 * WARMUP else slice(None)
-    out = {"name": name, "steps": len(steps_s), "timed_out": timed_out, "others": watch.others,
+    skip = max(1, LOG_EVERY // every)  # the first 10 steps: warm-up
+    timed = slice(skip, None) if len(steps_s) > 2 * skip else slice(None)
+    out = {"name": name, "steps": len(steps_s) * every, "timed_out": timed_out, "others": watch.others,
            "wall_s": watch.seconds}
     if steps_s:
         seconds = sum(steps_s[timed])
@@ -77,17 +89,18 @@ def train_run(name: str, overrides: list[str], steps: int, limit_s: float | None
     return out
 
 
-def split_one_batch(threads: int, joint_dropout: bool = True) -> tuple[dict[str, float], tuple, float]:
-    """Encoder / prediction net + joint / loss, forward and backward, on one long batch from the median bucket.
+def split_one_batch(threads: int, fused: bool = True) -> tuple[dict[str, float], tuple, float, float]:
+    """Encoder / prediction net + joint / loss, forward and backward, on one long batch from the median bucket,
+    and the training-batch WER decode NeMo runs at each logging step.
 
-    ``joint_dropout=False`` sets the joint's dropout probability to 0 on the loaded model: a what-if for this
-    measurement only (the demo's joint was trained with dropout; removing the module would change its layout).
+    ``fused``: the joint's hidden layer as training runs it (``streamtune.joint``), else NeMo's own code.
     """
     import time
 
     import torch
     from lhotse import CutSet
 
+    from streamtune.joint import use_fast_joint
     from streamtune.losses import register
     from streamtune.models import load_model
 
@@ -99,10 +112,8 @@ def split_one_batch(threads: int, joint_dropout: bool = True) -> tuple[dict[str,
 
     model.loss = RNNTLoss(num_classes=model.joint.num_classes_with_blank - 1, loss_name="streamtune")
     model.train()
-    if not joint_dropout:
-        for module in model.joint.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0  # torch skips the random mask entirely at p=0
+    if fused:
+        assert use_fast_joint(model.joint)
     cuts = sorted(CutSet.from_file(LONG_DATA / "cuts_train.jsonl.gz"), key=lambda c: c.duration)
     middle = len(cuts) // 2
     batch_cuts = cuts[middle - 1: middle + 1]  # ~50 s of audio: about one batch of data.batch_duration_s
@@ -112,8 +123,8 @@ def split_one_batch(threads: int, joint_dropout: bool = True) -> tuple[dict[str,
     ids = [model.tokenizer.text_to_ids(c.supervisions[0].text) for c in batch_cuts]
     tokens_len = torch.tensor([len(t) for t in ids])
     tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in ids], batch_first=True)
-    parts = {}
-    for _ in range(3):  # the last repetition counts (the first ones warm caches and the numba lattice)
+    parts, wer_s = {}, 0.0
+    for _ in range(3):  # the last repetition counts (the first ones warm caches and the compiled kernels)
         model.zero_grad()
         t0 = time.perf_counter()
         encoded, encoded_len = model(input_signal=signal, input_signal_length=audio_len)
@@ -129,7 +140,13 @@ def split_one_batch(threads: int, joint_dropout: bool = True) -> tuple[dict[str,
         t5 = time.perf_counter()
         parts = {"encoder forward": t1 - t0, "prediction net + joint forward": t2 - t1, "loss forward": t3 - t2,
                  "loss backward": t4 - t3, "joint, prediction net, encoder backward": t5 - t4}
-    return parts, tuple(joint.shape), sum(c.duration for c in batch_cuts)
+        t6 = time.perf_counter()  # what EncDecRNNTModel.training_step adds at a logging step
+        model.wer.update(predictions=encoded.detach(), predictions_lengths=encoded_len, targets=tokens,
+                         targets_lengths=tokens_len)
+        model.wer.compute()
+        model.wer.reset()
+        wer_s = time.perf_counter() - t6
+    return parts, tuple(joint.shape), sum(c.duration for c in batch_cuts), wer_s
 
 
 def main(argv=None) -> int:
@@ -150,7 +167,7 @@ def main(argv=None) -> int:
     # Bucketing as the schema's default (the demo recipe turns it off for its from-scratch run; see its comment).
     long = [f"data.train={LONG_DATA / 'cuts_train.jsonl.gz'}", "data.num_buckets=30", *threads]
     demo = [f"data.train={DEMO_DATA / 'cuts_train.jsonl.gz'}", *threads]
-    quarter = max(2 * WARMUP + 5, args.steps // 4)
+    quarter = max(3 * LOG_EVERY, args.steps // 4)
     runs = [
         ("8–40 s, streamtune loss, bucketing", long, args.steps, None),
         ("8–40 s, streamtune loss, no bucketing", [*long, "data.num_buckets=0"], quarter, None),
@@ -158,10 +175,13 @@ def main(argv=None) -> int:
          args.limit_s),
         ("2 s clips (demo data), streamtune loss", demo, args.steps, None),
         ("2 s clips (demo data), NeMo pytorch loss", [*demo, "model.loss.loss_name=pytorch"], args.steps, None),
+        # NeMo decodes the training batch at every logging step: what logging every step costs each.
+        (EVERY_STEP_LONG, long, quarter, None, 1),
+        (EVERY_STEP_DEMO, demo, quarter, None, 1),
     ]
-    results = [train_run(name, overrides, steps, limit) for name, overrides, steps, limit in runs]
-    parts, shape, batch_audio_s = split_one_batch(args.threads)
-    no_dropout, _, _ = split_one_batch(args.threads, joint_dropout=False)
+    results = [train_run(*run) for run in runs]
+    parts, shape, batch_audio_s, wer_s = split_one_batch(args.threads)
+    nemo_joint, _, _, _ = split_one_batch(args.threads, fused=False)
 
     def fmt(r):
         if "step_s" not in r:
@@ -179,7 +199,8 @@ def main(argv=None) -> int:
     old_demo = by["2 s clips (demo data), NeMo pytorch loss"]
     ratio_new = ours_long["audio_s_per_s"] / ours_demo["audio_s_per_s"]
     ratio_old = ours_long["audio_s_per_s"] / old_demo["audio_s_per_s"]
-    total, total_nd = sum(parts.values()), sum(no_dropout.values())
+    ratio_every = by[EVERY_STEP_LONG]["audio_s_per_s"] / by[EVERY_STEP_DEMO]["audio_s_per_s"]
+    total, total_nemo = sum(parts.values()), sum(nemo_joint.values())
     loss_share = (parts["loss forward"] + parts["loss backward"]) / total
     worst = max(r["others"] for r in results)
     lines = [
@@ -188,7 +209,9 @@ def main(argv=None) -> int:
         "",
         f"Long corpus: `python {' '.join(LONG_CMD)}` (300 utterances; the run's skipped.jsonl lists those over 40 s). "
         f"Every run starts from the demo's `final.nemo` (48-piece tokenizer: ~12 tokens per second of speech), "
-        "`data.batch_duration_s=48`, 2 threads. Rates leave out the first 5 steps.",
+        f"`data.batch_duration_s=48`, 2 threads, `trainer.log_every_n_steps={LOG_EVERY}` (the schema's default; "
+        "a run capped below two intervals logs every step). Each logged row is the mean of the steps since the "
+        "last; rates leave out the first 10 steps (warm-up).",
         "",
         "| run | steps | s/step | steps/s | audio s/step | audio s per s | padding ratio |",
         "|---|---|---|---|---|---|---|",
@@ -196,19 +219,23 @@ def main(argv=None) -> int:
         "",
         f"Audio seconds per second on 8–40 s utterances vs the demo's 2 s clips: **{ratio_new:.2f}×** with "
         f"streamtune's loss on both, **{ratio_old:.2f}×** against the demo as it trained before (NeMo pytorch loss). "
-        "Target: ≥ 0.5×.",
+        f"Target: ≥ 0.5×. Logging (so decoding the training batch) at every step instead: {ratio_every:.2f}×.",
         "",
         f"One long batch ({batch_audio_s:.1f} s of audio, joint {shape}), where the time of a step goes "
-        "(last of 3 repetitions; optimiser step not included). The last column sets the joint's dropout "
-        "probability to 0 on the loaded model, for this measurement only:",
+        "(last of 3 repetitions; optimiser step not included), with the joint's hidden layer as training runs it "
+        "(`streamtune/joint.py`: relu and dropout fused on CPU) and as NeMo computes it (the same model, the same "
+        "batch, side by side in one run):",
         "",
-        "| part | ms | share | ms, joint dropout 0 |",
+        "| part | ms | share | ms, NeMo's joint |",
         "|---|---|---|---|",
-        *[f"| {k} | {1000 * v:.0f} | {100 * v / total:.0f} % | {1000 * no_dropout[k]:.0f} |" for k, v in parts.items()],
-        f"| **total** | **{1000 * total:.0f}** | | **{1000 * total_nd:.0f}** |",
+        *[f"| {k} | {1000 * v:.0f} | {100 * v / total:.0f} % | {1000 * nemo_joint[k]:.0f} |"
+          for k, v in parts.items()],
+        f"| **total** | **{1000 * total:.0f}** | | **{1000 * total_nemo:.0f}** |",
         "",
         f"The loss is **{100 * loss_share:.0f} %** of that step: {batch_audio_s / total:.0f} audio seconds per second "
-        f"for this batch, {batch_audio_s / total_nd:.0f} without the joint's dropout mask.",
+        f"for this batch, {batch_audio_s / total_nemo:.0f} with NeMo's joint. At each logging step NeMo also "
+        f"decodes the training batch (greedy, frame by frame) for `training_batch_wer`: {1000 * wer_s:.0f} ms on "
+        "this batch, once every `trainer.log_every_n_steps` steps.",
     ]
     text = "\n".join(lines)
     publish("Training on real-length speech (CPU)", text, args.write)
