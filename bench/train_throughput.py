@@ -10,7 +10,9 @@ lengths and losses of every step are compared). "ours" is ``train.main([...])``
 with validation off (``data.dev=null``) and W&B disabled, in a scratch run dir;
 "plain" is NeMo's own constructor on ``nemo_model_config(cfg)`` and a bare
 ``pl.Trainer(...).fit(model)`` with the same precision, clipping and
-accumulation and nothing else (no logger, checkpoints or progress bar).
+accumulation and nothing else (no logger, checkpoints or progress bar). Both
+sides compute the joint the way train.py does (on CPU its relu + dropout fused,
+``streamtune/joint.py``), so the ratio is the cost of the harness alone.
 
 Every run is a fresh process. One timing callback, the same on both sides,
 times the steps after ``--warmup`` (end of the last warm-up step to end of the
@@ -112,7 +114,11 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
         import lightning.pytorch as pl
         import torch
 
+        from streamtune.joint import use_fast_joint
+        from streamtune.losses import register
         from streamtune.model_config import model_class, nemo_model_config
+
+        register()  # the recipe's model.loss.loss_name may be streamtune's
 
         t = cfg.trainer
         if t.num_threads:
@@ -123,7 +129,9 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
                              accumulate_grad_batches=t.accumulate_grad_batches, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
                              callbacks=[timer])
-        trainer.fit(model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer))
+        model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
+        use_fast_joint(model.joint)  # as train.py's model: the ratio is the harness's cost, the losses equal
+        trainer.fit(model)
     print("RESULT " + json.dumps(timer.result()), flush=True)
 
 
