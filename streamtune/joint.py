@@ -91,9 +91,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOL
 
 
-def _spans(rows: int) -> list[tuple[int, int]]:
-    """``torch.get_num_threads()`` contiguous row ranges (the compiled passes release the GIL)."""
-    parts = max(1, min(torch.get_num_threads(), rows))
+# Below this many elements one thread does the pass: handing work to the pool costs more than it saves (the
+# greedy decode NeMo runs on the training batch calls the joint once per frame, on a few hundred elements).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def _spans(rows: int, elements: int) -> list[tuple[int, int]]:
+    """``torch.get_num_threads()`` contiguous row ranges (the compiled passes release the GIL); one for small work."""
+    parts = max(1, min(torch.get_num_threads(), rows)) if elements >= PARALLEL_MIN_ELEMENTS else 1
     edges = np.linspace(0, rows, parts + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
@@ -125,7 +130,7 @@ class _ReluDropoutSum(torch.autograd.Function):
         keep = torch.empty(out.shape, dtype=torch.bool)
         args = (f.detach().numpy(), g.detach().numpy(), np.uint64(seed), np.uint64(threshold), np.float32(scale),
                 out.view(-1).numpy(), keep.view(-1).numpy())
-        _run(_forward_rows, [(*args, a, b) for a, b in _spans(batch * frames)])
+        _run(_forward_rows, [(*args, a, b) for a, b in _spans(batch * frames, out.numel())])
         ctx.save_for_backward(keep)
         ctx.scale, ctx.shapes = scale, (f.shape, g.shape)
         return out
@@ -136,7 +141,7 @@ class _ReluDropoutSum(torch.autograd.Function):
         f_shape, g_shape = ctx.shapes
         grad = grad.contiguous()
         grad_f = grad.new_empty(f_shape)
-        spans = _spans(f_shape[0] * f_shape[1])
+        spans = _spans(f_shape[0] * f_shape[1], grad.numel())
         partial = np.zeros((len(spans), *g_shape))  # float64: each thread's share of the sum over t
         args = (grad.view(-1).numpy(), keep.view(-1).numpy(), ctx.scale, grad_f.numpy())
         _run(_backward_rows, [(*args, partial[i], a, b) for i, (a, b) in enumerate(spans)])

@@ -85,7 +85,20 @@ def test_dropout_is_inverted_dropout_drawn_from_torchs_generator():
     torch.manual_seed(7)
     out_2, _ = _run(joint, encoder, decoder)
     out_3, _ = _run(joint, encoder, decoder)
+
+    def hidden_with(threads: int) -> torch.Tensor:  # 2: two halves on the pool's threads; 1: one pass
+        torch.set_num_threads(threads)
+        torch.manual_seed(7)
+        _run(joint, encoder, decoder)
+        return seen["hidden"]
+
+    threads = torch.get_num_threads()
+    try:
+        two, one = hidden_with(2), hidden_with(1)
+    finally:
+        torch.set_num_threads(threads)
     handle.remove()
+    assert torch.equal(two, hidden) and torch.equal(one, hidden), "the mask does not depend on the thread count"
     assert _fused(out_1)
     assert torch.equal(out_1, out_2), "torch.manual_seed (and so a restored RNG state) gives the same mask"
     assert not torch.equal(out_2, out_3), "each call draws a new mask"
