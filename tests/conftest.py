@@ -107,7 +107,9 @@ def words_overrides(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("tenwords")
     # No number words: the Whisper normaliser would turn "three four" into "34", one word.
     words = "red green blue black white lamp door window chair table".split()
-    prepare_synthetic(root, num_train=240, num_dev=12, num_test=12, seed=1, min_words=2, max_words=4, words=words,
+    # 20 dev utterances (~70 words; export checks 20): one word then moves a WER by ~1.4 points, under the
+    # sherpa-onnx and int8 gates (2 points), instead of 2.4 on 12.
+    prepare_synthetic(root, num_train=240, num_dev=20, num_test=12, seed=1, min_words=2, max_words=4, words=words,
                       voices=["en-us"], id_prefix="tenwords")
     train_tokenizer([root / "cuts_train.jsonl.gz"], root / "tokenizer", vocab_size=24)
     return [

