@@ -149,23 +149,32 @@ class _ReluDropoutSum(torch.autograd.Function):
         return grad_f, grad_g, None
 
 
-def fast_joint_applies(joint, f: torch.Tensor, g: torch.Tensor) -> bool:
-    """Whether :func:`use_fast_joint`'s pass computes this call (else NeMo's code does)."""
-    layers = list(joint.joint_net)
-    return (joint.training and f.device.type == "cpu" and f.dtype == torch.float32 and g.dtype == torch.float32
+def _fusable_layers(joint) -> list | None:
+    """The joint net's ``[ReLU, Dropout?, Linear]`` (``activation: relu``), or None for any other layout."""
+    net = getattr(joint, "joint_net", None)
+    if not isinstance(net, torch.nn.Sequential):
+        return None
+    layers = list(net)
+    ok = (len(layers) in (2, 3) and isinstance(layers[0], torch.nn.ReLU) and isinstance(layers[-1], torch.nn.Linear)
+          and (len(layers) == 2 or type(layers[1]) is torch.nn.Dropout))
+    return layers if ok else None
+
+
+def _fused_call_layers(joint, f: torch.Tensor, g: torch.Tensor) -> list | None:
+    """The joint net's layers when :func:`use_fast_joint`'s pass computes this call; None when NeMo's code does."""
+    if not (joint.training and f.device.type == "cpu" and f.dtype == torch.float32 and g.dtype == torch.float32
             and f.dim() == 3 and g.dim() == 3 and f.shape[0] == g.shape[0] and f.shape[2] == g.shape[2]
             and not getattr(joint, "masking_prob", 0) > 0
-            and not (hasattr(joint, "is_adapter_available") and joint.is_adapter_available())
-            and len(layers) in (2, 3) and isinstance(layers[0], torch.nn.ReLU)
-            and isinstance(layers[-1], torch.nn.Linear)
-            and (len(layers) == 2 or type(layers[1]) is torch.nn.Dropout))
+            and not (hasattr(joint, "is_adapter_available") and joint.is_adapter_available())):
+        return None
+    return _fusable_layers(joint)
 
 
 def _joint_after_projection(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """NeMo's ``RNNTJoint.joint_after_projection`` with the hidden layer fused (same result, same normalisation)."""
-    if not fast_joint_applies(self, f, g):
+    layers = _fused_call_layers(self, f, g)
+    if layers is None:
         return type(self).joint_after_projection(self, f, g)
-    layers = list(self.joint_net)
     p = float(layers[1].p) if len(layers) == 3 else 0.0
     hidden = _ReluDropoutSum.apply(f, g, p)
     res = layers[-1](hidden)  # the module itself, as NeMo calls it (its hooks run)
@@ -179,11 +188,7 @@ def _joint_after_projection(self, f: torch.Tensor, g: torch.Tensor) -> torch.Ten
 def use_fast_joint(joint) -> bool:
     """Install the fused hidden layer on this joint module (NeMo's ``RNNTJoint``; the instance only). Returns
     whether its layout allows it (``joint_net = [ReLU, Dropout?, Linear]``, i.e. ``activation: relu``)."""
-    net = getattr(joint, "joint_net", None)
-    if not isinstance(net, torch.nn.Sequential) or not hasattr(joint, "joint_after_projection"):
-        return False
-    layers = list(net)
-    if not (len(layers) in (2, 3) and isinstance(layers[0], torch.nn.ReLU) and isinstance(layers[-1], torch.nn.Linear)):
+    if _fusable_layers(joint) is None or not hasattr(joint, "joint_after_projection"):
         return False
     joint.joint_after_projection = types.MethodType(_joint_after_projection, joint)
     return True

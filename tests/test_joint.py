@@ -45,12 +45,15 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
 
 
-def _run(joint, encoder, decoder, grad_seed=2):
-    out = joint(encoder_outputs=encoder, decoder_outputs=decoder)
+def _grads(out, joint, encoder, decoder, grad_seed=2):
+    """Gradients of ``out`` (against a fixed random output gradient) for the inputs and every joint parameter."""
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
-    params = [p for p in joint.parameters()]
-    grads = torch.autograd.grad(out, [encoder, decoder, *params], grad)
-    return out, grads
+    return torch.autograd.grad(out, [encoder, decoder, *joint.parameters()], grad)
+
+
+def _run(joint, encoder, decoder):
+    out = joint(encoder_outputs=encoder, decoder_outputs=decoder)
+    return out, _grads(out, joint, encoder, decoder)
 
 
 def test_without_dropout_equals_nemos_joint_in_value_and_every_gradient():
@@ -118,14 +121,9 @@ def test_dropout_is_inverted_dropout_drawn_from_torchs_generator():
     g2 = joint.project_prednet(decoder_2.transpose(1, 2))
     reference_hidden = torch.relu(f2[:, :, None] + g2[:, None]) * kept / (1 - p)
     reference = joint.joint_net[-1](reference_hidden).log_softmax(-1)
-    _, grads_ref = _run_reference(reference, encoder_2, decoder_2, joint)
+    grads_ref = _grads(reference, joint, encoder_2, decoder_2)
     for a, b in zip(grads_1, grads_ref):
         assert _close(a, b), (a - b).abs().max()
-
-
-def _run_reference(out, encoder, decoder, joint, grad_seed=2):
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
-    return out, torch.autograd.grad(out, [encoder, decoder, *joint.parameters()], grad)
 
 
 @pytest.mark.parametrize("case", ["eval", "tanh"])
