@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--voices", help="comma-separated espeak-ng voices, e.g. en-gb-x-gbcwmd+f5,en-us+m4; "
                      "default: the demo's seven")
     syn.add_argument("--id-prefix", default="synth", help="cut ids are <prefix>-<split>-00000")
+    syn.add_argument("--style", default="written", choices=["written", "plain"],
+                     help="written: transcripts as the target model writes them (capitals, punctuation, digits, "
+                     "[noise] tags); plain: lower-case words")
     syn.add_argument("--word-timings", action="store_true", help="speak word by word and store each word's start "
                      "and end (Lhotse word alignment): a test set for evaluate.py's emission delay")
     syn.set_defaults(func=run_synthetic)
@@ -104,7 +107,8 @@ def run_synthetic(args) -> None:
     voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
     prepare_synthetic(args.out, args.num_train, args.num_dev, args.num_test, seed=args.seed, num_jobs=args.num_jobs,
                       min_words=args.min_words, max_words=args.max_words, force=args.force, words=words,
-                      voices=voices, id_prefix=args.id_prefix, word_timings=args.word_timings)
+                      voices=voices, id_prefix=args.id_prefix, word_timings=args.word_timings,
+                      style=args.style)
 
 
 def run_source(args) -> None:

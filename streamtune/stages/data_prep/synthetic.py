@@ -13,9 +13,17 @@ start and end are known exactly; they are stored as the supervision's Lhotse
 ``word`` alignment (evaluate.py measures emission delay against them). That
 speech is more clipped than a sentence read in one go; use it for timing sets.
 
+Transcripts are *written* the way the target model writes (``style="written"``, the default): a capital
+at the start of a sentence, names always capitalised, end punctuation (``.``, ``?`` with espeak-ng's rising
+intonation, ``!``), a comma where espeak-ng pauses, number words as digits, possessives, contractions and
+hyphenated words (``mother's``, ``don't``, ``e-mail``), and now and then a ``[noise]`` tag where a burst of
+noise is in the audio. ``style="plain"`` gives lower-case words without punctuation (the corpora of earlier
+versions, for comparisons).
+
 Long utterances (``--min-words 25 --max-words 110`` gives about 8–40 s) are read as paragraphs: an
 utterance of more than ``PHRASE_WORDS`` words is spoken in phrases of 6–14 words with a short pause
-between them (a comma for espeak-ng; the transcript has none), where a reader would breathe.
+between them, where a reader would breathe (a comma for espeak-ng, written in the transcript in the
+written style, left out in the plain one).
 """
 
 from __future__ import annotations
@@ -56,6 +64,13 @@ VOICES = [
 RATES_WPM = [140, 160, 180]
 PITCHES = [35, 50, 65]
 
+STYLES = ("written", "plain")
+# What the written style adds to the demo's word list: names (always capitalised), contractions, hyphenated words.
+WRITTEN_WORDS = ["Anna", "Tom", "Monday", "Friday", "don't", "it's", "let's", "e-mail", "re-open"]
+_DIGITS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_PERSONS = frozenset("mother father sister brother doctor teacher neighbour friend".split())
+TAG = "[noise]"  # a non-speech event: a burst of noise in the audio where the tag is in the transcript
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -65,6 +80,7 @@ class Utterance:
     voice: str
     rate_wpm: int
     pitch: int
+    style: str = "plain"
 
 
 def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words: int, max_words: int,
@@ -83,26 +99,64 @@ def make_sentences(rng: random.Random, count: int, exclude: set[str], min_words:
     return sentences
 
 
+def write_sentence(words: list[str], rng: random.Random) -> str:
+    """The transcript of the spoken ``words`` as the target model writes it (the written style)."""
+    out = [_DIGITS.get(w, w) for w in words]
+    for k, word in enumerate(out[:-1]):
+        if word in _PERSONS and rng.random() < 0.3:
+            out[k] = f"{word}'s"
+    if len(out) >= 4 and rng.random() < 0.3:
+        out[rng.randint(1, len(out) - 3)] += ","  # espeak-ng pauses there
+    out[0] = out[0][:1].upper() + out[0][1:]
+    draw = rng.random()
+    out[-1] += "?" if draw < 0.15 else "!" if draw < 0.25 else "."
+    text = " ".join(out)
+    draw = rng.random()
+    return f"{TAG} {text}" if draw < 0.03 else f"{text} {TAG}" if draw < 0.06 else text
+
+
+def write_paragraph(words: list[str], utt_id: str) -> str:
+    """A long utterance in the written style: commas where the reader pauses (see ``phrase_pauses``)."""
+    out = [_DIGITS.get(w, w) for w in words]
+    for k in phrase_pauses(len(out), utt_id):
+        out[k] += ","
+    out[0] = out[0][:1].upper() + out[0][1:]
+    return " ".join(out) + "."
+
+
+def phrase_pauses(n_words: int, utt_id: str) -> list[int]:
+    """Indices of the words after which a long utterance pauses: every 6–14 words, drawn per utterance (so the
+    plan, and every other utterance, is unchanged)."""
+    if n_words <= PHRASE_WORDS:
+        return []
+    rng = random.Random(utt_id)
+    pauses, at = [], rng.randint(6, PHRASE_WORDS)
+    while at < n_words:
+        pauses.append(at - 1)
+        at += rng.randint(6, PHRASE_WORDS)
+    return pauses
+
+
 def plan_corpus(counts: dict[str, int], seed: int, min_words: int = 2, max_words: int = 5, words: list[str] = WORDS,
-                voices: list[str] = VOICES, id_prefix: str = "synth") -> list[Utterance]:
-    """Decide every utterance (text, voice, rate, pitch) from the seed; splits never share a sentence."""
+                voices: list[str] = VOICES, id_prefix: str = "synth", style: str = "written") -> list[Utterance]:
+    """Decide every utterance (text, voice, rate, pitch) from the seed; splits never share a sentence (as spoken
+    words). The written style draws its marks from the same generator, so a plain plan is what it always was."""
+    if style not in STYLES:
+        raise UserError(f"style must be one of {', '.join(STYLES)}, not '{style}'")
     rng = random.Random(seed)
     used: set[str] = set()
     plan = []
     for split, count in counts.items():
         sentences = make_sentences(rng, count, used, min_words, max_words, words)
         used.update(sentences)
-        for i, text in enumerate(sentences):
-            plan.append(
-                Utterance(
-                    id=f"{id_prefix}-{split}-{i:05d}",
-                    split=split,
-                    text=text,
-                    voice=rng.choice(voices),
-                    rate_wpm=rng.choice(RATES_WPM),
-                    pitch=rng.choice(PITCHES),
-                )
-            )
+        for i, sentence in enumerate(sentences):
+            utt_id = f"{id_prefix}-{split}-{i:05d}"
+            text = sentence
+            if style == "written":
+                spoken = sentence.split()
+                text = write_sentence(spoken, rng) if len(spoken) <= PHRASE_WORDS else write_paragraph(spoken, utt_id)
+            plan.append(Utterance(id=utt_id, split=split, text=text, voice=rng.choice(voices),
+                                  rate_wpm=rng.choice(RATES_WPM), pitch=rng.choice(PITCHES), style=style))
     return plan
 
 
@@ -147,30 +201,41 @@ def _speak(utt: Utterance, text: str) -> np.ndarray:
     return audio
 
 
+def noise_burst(utt_id: str) -> np.ndarray:
+    """What a ``[noise]`` tag stands for: 0.3 s of noise at about -26 dBFS, drawn from the utterance id."""
+    rng = np.random.default_rng(int(hashlib.sha256(utt_id.encode()).hexdigest()[:8], 16))
+    return (0.05 * rng.standard_normal(int(0.3 * SAMPLE_RATE))).astype(np.float32)
+
+
 def synthesize(utt: Utterance) -> np.ndarray:
     """Speak one utterance with espeak-ng and return float32 16 kHz mono samples."""
     # A little silence either side, as in recorded speech.
     pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
-    return np.concatenate([pad, _speak(utt, spoken_text(utt)), pad])
+    pieces = [pad, _speak(utt, spoken_text(utt)), pad]
+    if utt.text.startswith(TAG):
+        pieces[:0] = [pad, noise_burst(utt.id)]
+    if utt.text.endswith(TAG):
+        pieces += [noise_burst(utt.id), pad]
+    return np.concatenate(pieces)
 
 
 WORD_GAP_S = 0.06
 PHRASE_WORDS = 14
 
 
+def spoken_words(utt: Utterance) -> list[str]:
+    """The transcript's words that are spoken (tags are sounds, not words)."""
+    return [w for w in utt.text.split() if w != TAG]
+
+
 def spoken_text(utt: Utterance) -> str:
-    """What espeak-ng reads: the transcript, with a pause (comma) every 6–14 words in long utterances."""
-    words = utt.text.split()
-    if len(words) <= PHRASE_WORDS:
-        return utt.text
-    rng = random.Random(utt.id)  # per utterance: the plan (and every other utterance) is unchanged
-    out, next_pause = [], rng.randint(6, PHRASE_WORDS)
-    for k, word in enumerate(words, start=1):
-        out.append(word)
-        if k == next_pause and k < len(words):
-            out[-1] += ","
-            next_pause += rng.randint(6, PHRASE_WORDS)
-    return " ".join(out)
+    """What espeak-ng reads: the transcript without tags; a plain long utterance gets a comma (a pause) every
+    6–14 words, where the written style has them in the transcript already."""
+    words = spoken_words(utt)
+    if utt.style == "plain":
+        for k in phrase_pauses(len(words), utt.id):
+            words[k] += ","
+    return " ".join(words)
 
 
 def synthesize_words(utt: Utterance) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
@@ -178,7 +243,7 @@ def synthesize_words(utt: Utterance) -> tuple[np.ndarray, list[tuple[str, float,
     pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
     gap = np.zeros(int(WORD_GAP_S * SAMPLE_RATE), dtype=np.float32)
     pieces, timings, at = [pad], [], len(pad)
-    for k, word in enumerate(utt.text.split()):
+    for k, word in enumerate(spoken_words(utt)):
         audio = _speak(utt, word)
         loud = np.flatnonzero(np.abs(audio) > 0.01 * float(np.abs(audio).max()))
         audio = audio[loud[0]: loud[-1] + 1] if len(loud) else audio
@@ -206,10 +271,12 @@ def prepare_synthetic(
     voices: list[str] | None = None,
     id_prefix: str = "synth",
     word_timings: bool = False,
+    style: str = "written",
 ) -> dict[str, Path]:
     """Generate the corpus into ``out_dir``; returns ``{split: cuts_path}``.
 
-    ``words`` / ``voices`` default to ``WORDS`` / ``VOICES``; ``id_prefix`` names the cuts
+    ``words`` / ``voices`` default to ``WORDS`` / ``VOICES`` (plus ``WRITTEN_WORDS`` in the written style);
+    ``style`` is ``written`` (the target model's way) or ``plain``; ``id_prefix`` names the cuts
     (``<prefix>-<split>-00000``), so that two generated corpora can be mixed without clashing ids.
 
     Re-running with the same arguments reuses the finished corpus (``force`` redoes it).
@@ -220,7 +287,8 @@ def prepare_synthetic(
 
     if not espeak_available():
         raise UserError("espeak-ng is not installed; run `make setup` (or apt-get install espeak-ng)")
-    words, voices = list(words or WORDS), list(voices or VOICES)
+    words = list(words or (WORDS + WRITTEN_WORDS if style == "written" else WORDS))
+    voices = list(voices or VOICES)
     if voices != VOICES:
         check_voices(voices)
     out_dir = Path(out_dir)
@@ -228,7 +296,7 @@ def prepare_synthetic(
     counts = {k: v for k, v in counts.items() if v > 0}
     # The key of the demo's defaults is unchanged by the later options: a new option joins the key only when set.
     extra = (() if id_prefix == "synth" else (id_prefix,)) + (("word_timings",) if word_timings else ()) \
-        + (("phrases",) if max_words > PHRASE_WORDS else ())
+        + (("phrases",) if max_words > PHRASE_WORDS else ()) + ((style,) if style != "plain" else ())
     key_parts = (sorted(counts.items()), seed, min_words, max_words, words, voices) + extra
     key = hashlib.sha256(repr(key_parts).encode()).hexdigest()
     stamp = Stamp(out_dir, "synthetic")
@@ -238,7 +306,7 @@ def prepare_synthetic(
         return cuts_paths
     stamp.start()
 
-    plan = plan_corpus(counts, seed, min_words, max_words, words, voices, id_prefix)
+    plan = plan_corpus(counts, seed, min_words, max_words, words, voices, id_prefix, style)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
 
