@@ -10,7 +10,8 @@
 * ``boost_words``: NeMo's GPU phrase boosting (a boosting tree over the tokenizer's pieces), with greedy and beam
   alike; phrases are matched as written (the tokenizer's case).
 
-Word confidence (NeMo's entropy-based measure, the least confident token of the word) comes with greedy decoding.
+Token confidence (NeMo's entropy-based measure) comes with greedy decoding; a word's confidence is that of its least
+confident token (``streamtune.evaluation.word_timings``).
 """
 
 from __future__ import annotations
@@ -93,8 +94,11 @@ def apply_decoding(model, decoding: Decoding) -> None:
             if boosting:
                 cfg.greedy.boosting_tree = boosting
                 cfg.greedy.boosting_tree_alpha = decoding.boost_alpha
+            # Token confidence only: NeMo's word aggregation splits words its own way and raises when its split
+            # and the text's disagree (a lone "▁" piece before punctuation: "wait or[.]"), losing the whole
+            # batch. streamtune.evaluation.word_timings groups the tokens into words itself.
             cfg.confidence_cfg = {"preserve_frame_confidence": True, "preserve_token_confidence": True,
-                                  "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
+                                  "preserve_word_confidence": False, "exclude_blank": True, "aggregation": "min",
                                   "method_cfg": {"name": "entropy", "entropy_type": "tsallis", "alpha": 0.5,
                                                  "entropy_norm": "exp"}}
         else:

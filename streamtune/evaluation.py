@@ -108,23 +108,25 @@ def hypothesis_words(tokenizer, tokens: list[int], emit_s: list[float]) -> list[
 
 
 def word_timings(tokenizer, tokens: list[int], frames: list[int], frame_s: float, emit_s: list[float] | None = None,
-                 confidence: list[float] | None = None) -> list[dict]:
-    """Per word: ``start`` / ``end`` in audio seconds (its first token's encoder frame to the end of its last
-    token's frame), ``emitted`` (streaming: the audio time at the end of the chunk that emitted its last token),
-    and NeMo's word ``confidence`` when the decoding computed it (one per ``text.split()`` word)."""
+                 token_confidence: list[float] | None = None) -> list[dict]:
+    """Per word (:func:`word_groups`): ``start`` / ``end`` in audio seconds (its first token's encoder frame to the
+    end of its last token's frame), ``emitted`` (streaming: the audio time at the end of the chunk that emitted its
+    last token), and ``confidence``, that of its least confident token (NeMo's token confidence, when the decoding
+    computed it). Raises ValueError when the per-token lists do not match the tokens."""
     groups = word_groups(tokenizer, tokens)
-    if confidence is not None and len(confidence) != len(groups):
-        confidence = None  # NeMo splits words differently here (rare): leave confidence out rather than misalign
+    for name, values in (("token confidences", token_confidence), ("emission times", emit_s)):
+        if values is not None and len(values) != len(tokens):
+            raise ValueError(f"{len(values)} {name} for {len(tokens)} tokens")
     rows = []
-    for w, (text, g) in enumerate(groups):
+    for text, g in groups:
         row = {"word": text}
         if len(frames) == len(tokens):
             row["start"] = round(frames[g[0]] * frame_s, 3)
             row["end"] = round((frames[g[-1]] + 1) * frame_s, 3)
         if emit_s:
             row["emitted"] = round(emit_s[g[-1]], 3)
-        if confidence is not None:
-            row["confidence"] = round(confidence[w], 4)
+        if token_confidence is not None:
+            row["confidence"] = round(min(token_confidence[k] for k in g), 4)
         rows.append(row)
     return rows
 
@@ -210,13 +212,27 @@ class _Tally:
 
 
 def _hyp_row(label: str, test_set: str, utt: Utterance, mode: ChunkMode, decode: str, decoding: str, hyp: str,
-             tokens: list[int], words: list[dict], sc: Scores) -> str:
-    return json.dumps({
+             tokens: list[int], words: list[dict], sc: Scores, words_error: str | None) -> str:
+    row = {
         "model": label, "test_set": test_set, "id": utt.id, "chunk_ms": mode.chunk_ms, "decode": decode,
         "decoding": decoding, "ref": utt.text, "hyp": hyp, "tokens": tokens, "words": words,
         "errors": sc.words.errors, "ref_words": sc.words.ref_words, "substitutions": sc.words.substitutions,
         "deletions": sc.words.deletions, "insertions": sc.words.insertions, "pnc_errors": sc.pnc.errors,
-        "char_errors": sc.chars.errors}) + "\n"
+        "char_errors": sc.chars.errors}
+    if words_error:
+        row["words_error"] = words_error
+    return json.dumps(row) + "\n"
+
+
+def _words_of(tokenizer, out: DecodeResult, k: int, tokens: list[int], frame_s: float) -> tuple[list[dict], str | None]:
+    """Hypothesis ``k``'s per-word extras (times, confidence), or none and why: an extra that fails for one
+    hypothesis is counted and named, never the end of the evaluation (its scores do not depend on it)."""
+    try:
+        return word_timings(tokenizer, tokens, out.frames[k] if out.frames else [], frame_s,
+                            out.emit_s[k] if out.emit_s else None,
+                            out.token_confidence[k] if out.token_confidence else None), None
+    except Exception as err:  # noqa: BLE001 - whatever an extra raises, the hypothesis and its scores stand
+        return [], f"{type(err).__name__}: {err}"
 
 
 class Manifests:
@@ -252,7 +268,7 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
     Audio is read per batch (``runner.batch_size`` utterances, sorted by duration within a window), turned into
     features and dropped; every hypothesis is written to ``hyps`` (JSON lines) as it is scored. Memory does not
     grow with the number of utterances. Returns (results, streaming-vs-offline entries, emission-delay rows,
-    per-set statistics ``{name: {"utts", "audio_s", "word_timings"}}``).
+    per-set statistics ``{name: {"utts", "audio_s", "word_timings", "word_extras_failed"}}``).
     """
     bad = [d for d in decodes if d not in DECODES]
     if bad:
@@ -267,7 +283,7 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
         tallies = {key: _Tally() for key in keys}
         delays = {mode.chunk_ms: EmissionDelays() for mode in modes}
         differing = {mode.chunk_ms: 0 for mode in modes}
-        stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True}
+        stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True, "word_extras_failed": 0}
         batches = progress(utterance_batches(ts.cuts, runner.batch_size), f"[{label}] {ts.name}", unit="batch")
         for batch in batches:
             feats = [runner.features(u.audio) for u in batch]
@@ -287,10 +303,10 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
                     tallies[mode, decode].add(total, batch, elapsed, out.step_times)
                     pooled[mode, decode].add(total, batch, elapsed, out.step_times)
                     for k, (utt, hyp, toks, sc) in enumerate(zip(batch, out.texts, out.tokens, per_utt)):
-                        words = word_timings(tokenizer, toks, out.frames[k] if out.frames else [], frame_s,
-                                             out.emit_s[k] if out.emit_s else None,
-                                             out.word_confidence[k] if out.word_confidence else None)
-                        hyps.write(_hyp_row(label, ts.name, utt, mode, decode, decoding, hyp, toks, words, sc))
+                        words, words_error = _words_of(tokenizer, out, k, toks, frame_s)
+                        stat["word_extras_failed"] += words_error is not None
+                        hyps.write(_hyp_row(label, ts.name, utt, mode, decode, decoding, hyp, toks, words, sc,
+                                            words_error))
                         if manifests is not None:
                             manifests.write(label, ts.name, mode, decode, utt, hyp)
                     if decode == "streaming":
@@ -323,7 +339,7 @@ class Evaluation:
     emission_delay: list[dict] = field(default_factory=list)
     latency: list[dict] = field(default_factory=list)
     chunk_ms: list[int] = field(default_factory=list)
-    test_sets: dict = field(default_factory=dict)  # name -> {"utts", "audio_s", "word_timings"}
+    test_sets: dict = field(default_factory=dict)  # name -> {"utts", "audio_s", "word_timings", "word_extras_failed"}
 
 
 def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg, hyps: TextIO,
@@ -346,8 +362,11 @@ def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg,
         runner = StreamingRunner(model, batch_size=eval_cfg.batch_size, device=device, decoding=decoding)
         print(f"[{spec.label}] decoding {len(sets)} test set(s) x {len(modes)} chunk modes x {decodes} "
               f"({decoding.label})", flush=True)
-        results, equal, emissions, out.test_sets = evaluate_model(runner, spec.label, sets, modes, decodes, hyps,
-                                                                  decoding.label, manifests)
+        results, equal, emissions, stats = evaluate_model(runner, spec.label, sets, modes, decodes, hyps,
+                                                          decoding.label, manifests)
+        for name, stat in stats.items():  # the same sets for every model; failures add up over the models
+            failed = out.test_sets.get(name, {}).get("word_extras_failed", 0)
+            out.test_sets[name] = {**stat, "word_extras_failed": failed + stat["word_extras_failed"]}
         out.results += results
         out.streaming_equals_offline += equal
         out.emission_delay += emissions

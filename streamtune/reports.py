@@ -11,7 +11,7 @@ from pathlib import Path
 from streamtune.evaluation import Evaluation, ModelSpec, ModeResult
 from streamtune.gates import compare, gate
 
-RESULTS_SCHEMA_VERSION = 2
+RESULTS_SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 
@@ -296,6 +296,10 @@ def print_summary(payload: dict, out_dir: Path) -> int:
         if not entry["equal"]:
             print(f"note: {entry['model']} on {entry['test_set']} at {entry['chunk_ms']} ms: streaming tokens differ "
                   f"from offline on {entry['differing_utts']} of {entry['utts']} utterances")
+    for t in payload["test_sets"]:
+        if t["word_extras_failed"]:
+            print(f"note: per-word times and confidence failed on {t['word_extras_failed']} hypotheses of "
+                  f"{t['name']} (their scores count; `words_error` in hyps.jsonl says why)")
     for d in (payload["comparison"] or {}).get("deltas", []):
         if d["regression"]:
             ci = d.get("ci95_points")

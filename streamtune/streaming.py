@@ -70,8 +70,8 @@ class DecodeResult:
     emit_s: list[list[float]] | None = None
     # Per utterance, per token: the encoder frame it was emitted at (NeMo's hypothesis timestamps).
     frames: list[list[int]] | None = None
-    # Per utterance, per word (text.split()): NeMo's word confidence, when the decoding computes it.
-    word_confidence: list[list[float] | None] | None = None
+    # Per utterance, per token: NeMo's token confidence, when the decoding computes it.
+    token_confidence: list[list[float] | None] | None = None
 
 
 class StreamingRunner:
@@ -173,7 +173,7 @@ class StreamingRunner:
 
     @staticmethod
     def _confidence_list(hyp) -> list[float] | None:
-        conf = getattr(hyp, "word_confidence", None)
+        conf = getattr(hyp, "token_confidence", None)
         if not conf:
             return None
         return [float(c.item() if torch.is_tensor(c) else c) for c in conf]
@@ -203,7 +203,7 @@ class StreamingRunner:
                     if keep_encoded:
                         encoded_out[i] = encoded[j, :, : int(enc_len[j])].T.cpu()
         return DecodeResult(tokens, self.texts(tokens), encoded_out if keep_encoded else None, frames=frames,
-                            word_confidence=confidence)
+                            token_confidence=confidence)
 
     # ----- streaming -------------------------------------------------------------------------
     @torch.no_grad()
@@ -219,7 +219,7 @@ class StreamingRunner:
         frames: list[list[int]] = [[] for _ in feats]
         confidence: list[list[float] | None] = [None] * len(feats)
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
-        out = DecodeResult(tokens, [], None, emit_s=emit_s, frames=frames, word_confidence=confidence)
+        out = DecodeResult(tokens, [], None, emit_s=emit_s, frames=frames, token_confidence=confidence)
         with att_context(self.model, mode) as enc:
             for idx in self._batches(len(feats)):
                 # Longest first, so the streams still running are always a prefix of the batch.
