@@ -78,6 +78,7 @@ class LiveStreams:
             raise UserError("the model's preprocessor uses exact_pad; live streaming supports centred STFT frames")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype  # audio, features and caches in the model's own precision
         self.mode = mode
         self.hop = int(feat.hop_length)
         # Samples before (and after) a frame's centre that it depends on: half the FFT window, plus one for the
@@ -138,13 +139,17 @@ class LiveStreams:
             elif op == "end":
                 self._append(sid, pending.pop(sid, []))
                 s = self.streams[sid]
-                # What the preprocessor gives the whole utterance (none for a stream that sent no audio).
-                s.ended, s.frames_total = True, s.received // self.hop + 1 if s.received else 0
+                # What the preprocessor gives the whole utterance: its own frame count (NeMo 3.0: samples // hop;
+                # the STFT's last, partial frame is masked out), none for a stream that sent no audio.
+                s.ended, s.frames_total = True, self._frames_of(s.received) if s.received else 0
             elif op == "drop":
                 pending.pop(sid, None)
                 del self.streams[sid]
         for sid, parts in pending.items():
             self._append(sid, parts)
+
+    def _frames_of(self, samples: int) -> int:
+        return int(self.model.preprocessor.featurizer.get_seq_len(torch.tensor([samples]))[0])
 
     def _append(self, sid: str, parts: list[np.ndarray]) -> None:
         if parts:
@@ -180,7 +185,7 @@ class LiveStreams:
             groups[-1].append((s, plan, length))
         for group in groups:
             longest = max(length for _, _, length in group)
-            signal = torch.zeros(len(group), longest, device=self.device)
+            signal = torch.zeros(len(group), longest, device=self.device, dtype=self.dtype)
             for k, (s, (seg_start, _, _), length) in enumerate(group):
                 signal[k, :length] = torch.as_tensor(s.audio[seg_start - s.audio_start:], device=self.device)
             lengths = torch.tensor([length for _, _, length in group], device=self.device)
@@ -242,7 +247,7 @@ class LiveStreams:
     def _step_group(self, enc, members, drop: int, first: bool) -> list[Update]:
         n = len(members)
         width = max(end - ws for _, ws, end in members)
-        window = torch.zeros(n, members[0][0].feats.shape[0], width, device=self.device)
+        window = torch.zeros(n, members[0][0].feats.shape[0], width, device=self.device, dtype=self.dtype)
         window_len = torch.zeros(n, dtype=torch.long, device=self.device)
         for j, (s, ws, end) in enumerate(members):
             stop = min(end, s.frames_total) if s.ended else end
