@@ -221,10 +221,14 @@ class ExportConfig:
         "encoder-static"])
     int8_max_wer_delta: float = 2.0
     int8_target_wer_delta: float = 0.5
-    # sherpa-onnx decodes the parity set from the exported files; its WER may differ from our ONNX
-    # streaming WER by this many points at most.
+    # sherpa-onnx decodes the parity set from the exported files; its WER may be at most this many points above
+    # our ONNX streaming WER.
     sherpa_check: bool = True
     sherpa_max_wer_delta: float = 2.0
+    # The int8 and sherpa-onnx gates decide with a paired bootstrap over the parity set's utterances: a mode fails
+    # only when it is significantly worse than allowed, and is "inconclusive" when the set cannot tell. With
+    # strict_gates (or `python -m export ... --strict`) an inconclusive gate blocks `package` too.
+    strict_gates: bool = False
     # sherpa-onnx's modified beam search (this many active paths; 0 = skip) is scored too, and with hotwords
     # (a list or a file, one word or phrase per line, in the tokenizer's case) when given.
     sherpa_beam: int = 4

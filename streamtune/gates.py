@@ -95,3 +95,39 @@ def gate(results: list[ModeResult], deltas: list[dict], models: list[ModelSpec],
                     failures.append(line + (", significant" if d.get("significant") else ""))
     return {"max_wer": max_wer, "max_regression": max_regression, "needs_significance": needs_significance,
             "passed": not failures, "failures": failures, "not_significant": unclear}
+
+
+VERDICTS = ("pass", "inconclusive", "fail")
+
+
+def margin_verdict(errors_ref, errors_test, ref_words, margin_points: float, replications: int = 10000,
+                   seed: int = 0) -> dict:
+    """Is decoder ``test`` at most ``margin_points`` WER points worse than decoder ``ref`` on these utterances?
+
+    Decided as evaluate.py decides a regression: the 95 % paired bootstrap interval of WER(test) - WER(ref) over
+    utterances (:func:`streamtune.stats.paired_bootstrap`). ``fail`` when the interval lies above the margin
+    (significantly worse than allowed), ``pass`` when it lies at or below it, ``inconclusive`` otherwise: the
+    utterances cannot tell. Then ``words_to_settle`` estimates the reference words that would (the interval
+    narrows as 1/sqrt(words); the same rates assumed), None when the difference sits on the margin.
+    """
+    words = int(sum(ref_words))
+    delta = 100.0 * (sum(errors_test) - sum(errors_ref)) / max(words, 1)
+    low, high, _ = paired_bootstrap(errors_ref, errors_test, ref_words, replications, seed)
+    verdict = "fail" if low > margin_points else "pass" if high <= margin_points else "inconclusive"
+    settle = None
+    if verdict == "inconclusive" and delta != margin_points:
+        half = (high - low) / 2
+        settle = int(words * (half / abs(delta - margin_points)) ** 2) + 1
+    return {"verdict": verdict, "delta_points": round(delta, 4), "ci95_points": [round(low, 4), round(high, 4)],
+            "margin_points": margin_points, "utts": len(ref_words), "words": words, "words_to_settle": settle}
+
+
+def verdict_line(what: str, v: dict) -> str:
+    """One line a person reads: the verdict, the difference and its interval, and what would settle it."""
+    line = (f"{what}: {v['verdict'].upper()}: {v['delta_points']:+.2f} WER points, 95 % interval "
+            f"[{v['ci95_points'][0]:+.2f}, {v['ci95_points'][1]:+.2f}] against an allowed {v['margin_points']:g} "
+            f"on {v['words']} words ({v['utts']} utterances)")
+    if v["verdict"] == "inconclusive":
+        line += (f"; about {v['words_to_settle']} words would settle it" if v["words_to_settle"] else
+                 "; the difference sits on the margin")
+    return line

@@ -5,8 +5,10 @@ Steps, each writing into the bundle dir ``export.dist_dir/<export.name or run.na
   parity    PyTorch streaming vs offline per chunk mode: tokens identical, encoder outputs within
             export.parity_atol; writes parity.json; exit 1 on failure
   onnx      ONNX per chunk mode (+ int8) in sherpa-onnx's layout; our ONNX Runtime streaming decoder
-            must give PyTorch's tokens; int8 and sherpa-onnx WER gated; writes onnx.json; exit 1 on failure
-  package   refuses unless parity.json and onnx.json passed for this very .nemo; adds the .nemo,
+            must give PyTorch's tokens; int8 and sherpa-onnx WER gated on the evidence (pass, fail or
+            inconclusive: a paired bootstrap over the parity set); writes onnx.json; exit 1 on failure
+  package   refuses unless parity.json and onnx.json passed for this very .nemo (and, with --strict or
+            export.strict_gates, unless no gate was inconclusive); adds the .nemo,
             tokenizer, sample, results.json, MODEL_CARD.md, manifest.json (+ tarball with export.tarball)
   verify    --bundle DIR (or the recipe's bundle): re-hash against manifest.json, load and decode; exit 1
   all       parity, onnx, package, verify; stops at the first failure
@@ -79,13 +81,16 @@ def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
 
 
 def _report(payload: dict, path: Path, table: str, failure: str, success: str) -> int:
-    """Print a verdict's table and its one-line outcome; 1 when any mode failed."""
+    """Print a verdict's table and its one-line outcome (and what it could not decide); 1 when any mode failed."""
     print(table)
     if not payload["passed"]:
         failed = [f"{m['chunk_ms']} ms" for m in payload["modes"] if not m["passed"]]
         print(f"FAIL: {failure} at {', '.join(failed)}; see {path}", file=sys.stderr)
         return 1
-    print(f"{success}; wrote {path}")
+    undecided = payload.get("inconclusive") or []
+    print(f"{success}; wrote {path}" + (f"; {len(undecided)} gate(s) INCONCLUSIVE on this parity set (above; "
+                                        "export.parity_max_utts or export.parity_cuts gives them more evidence)"
+                                        if undecided else ""))
     return 0
 
 
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         "export.dist_dir/<name>)")
     parser.add_argument("--expect-manifest-sha256", metavar="HEX",
                         help="verify: the sha256 of manifest.json as its publisher states it (package prints it)")
+    parser.add_argument("--strict", action="store_true", help="package, all: an inconclusive int8 or sherpa-onnx "
+                        "gate blocks packaging (export.strict_gates=true)")
     serving = parser.add_argument_group("serve")
     serving.add_argument("--chunk-ms", type=int, help="the chunk mode to serve (default: the model's default)")
     serving.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -138,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"`python -m export {args.step}` needs --config RECIPE" +
                         (" (or --bundle DIR)" if args.step == "verify" else ""))
     cfg = load_config(args.config, args.overrides)
+    if args.strict:
+        cfg.export.strict_gates = True
     bundle = bundle_dir(cfg)
     if args.step == "verify":
         return run_verify(bundle, args.expect_manifest_sha256)

@@ -265,6 +265,9 @@ streamtune itself is Apache-2.0.
 def package(model, model_path: Path, bundle: Path, cfg, modes, sample_utt) -> Path:
     parity = _verdict(bundle, "parity.json", "parity", model_path)
     onnx_report = _verdict(bundle, "onnx.json", "onnx", model_path)
+    if cfg.export.strict_gates and onnx_report.get("inconclusive"):
+        raise UserError(f"{bundle / 'onnx.json'}: {len(onnx_report['inconclusive'])} gate(s) inconclusive and "
+                        f"export.strict_gates (--strict) is set; first: {onnx_report['inconclusive'][0]}")
     exported = {m["chunk_ms"] for m in onnx_report["modes"]}
     missing = [m.chunk_ms for m in modes if m.chunk_ms not in exported]
     if missing:
