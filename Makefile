@@ -12,11 +12,12 @@ RECIPE := recipes/demo/tiny_cpu.yaml
 MODEL := $(DEMO)/runs/tiny_cpu/latest/final.nemo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system demo demo-data test test-slow lint clean gpu-wheels
+.PHONY: help setup system demo demo-data test test-e2e test-slow lint clean gpu-wheels
 
 help:
-	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (~15 min on 2 cores)"
-	@echo "make test       run the test suite (slow tests skipped; make test-slow runs them)"
+	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (BENCHMARKS.md, Demo)"
+	@echo "make test       the fast tier of the test suite (every module and entry point on tiny real models)"
+	@echo "make test-e2e   the second tier: kills and resumes, DDP, a fresh venv, the browser, int8, long speech"
 	@echo "make lint       ruff (configured in pyproject.toml)"
 	@echo "make gpu-wheels what a GPU run of bench/gpu/run.sh carries (.whl/, .gpukit/)"
 	@echo "make setup      system packages (espeak-ng, sox, libsndfile1, chromium) + .venv with pinned versions"
@@ -44,22 +45,32 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# The demo's data: 3,000 training sentences (and 40 dev, 200 test) of generated speech, and a 128-piece tokenizer.
 demo-data: setup
-	$(PY) -m data_prep synthetic --out $(DEMO)/data
-	$(PY) -m data_prep tokenizer --cuts $(DEMO)/data/cuts_train.jsonl.gz --out $(DEMO)/data/tokenizer --vocab-size 48
+	$(PY) -m data_prep synthetic --out $(DEMO)/data --num-test 200
+	$(PY) -m data_prep tokenizer --cuts $(DEMO)/data/cuts_train.jsonl.gz --out $(DEMO)/data/tokenizer --vocab-size 128
 
-demo: demo-data
+# `make demo DEMO_SEED=7` trains with another run.seed (bench/demo.py runs several).
+DEMO_SEED ?=
+demo: setup
 	@start=$$(date +%s); \
-	$(PY) train.py --config $(RECIPE) && \
+	$(MAKE) --no-print-directory demo-data && \
+	$(PY) train.py --config $(RECIPE) $(if $(DEMO_SEED),run.seed=$(DEMO_SEED)) && \
 	$(PY) evaluate.py --config $(RECIPE) --model $(MODEL) && \
 	$(PY) -m export all --config $(RECIPE) --model $(MODEL) && \
-	echo "demo pipeline (train + evaluate + export) took $$(( $$(date +%s) - start )) s; WER table: $(MODEL:final.nemo=eval/results.md)"
+	echo "make demo (data, train, evaluate, export) took $$(( $$(date +%s) - start )) s; WER table: $(MODEL:final.nemo=eval/results.md)"
+
+# Tiers (tests/conftest.py): `test` is every test not marked e2e; `test-e2e` the e2e ones; CI runs both.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not e2e"
+
+test-e2e: setup
+	$(PYTEST) -m e2e
 
 test-slow: setup
-	$(PY) -m pytest -q --run-slow
+	$(PYTEST) --run-slow
 
 lint: setup
 	$(VENV)/bin/ruff check .
