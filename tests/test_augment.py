@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamtune.geometry import TINY
-from tests.conftest import DEMO_RECIPE
+from tests.helpers import DEMO_RECIPE
 
 RATE = 16000
 

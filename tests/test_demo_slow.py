@@ -1,4 +1,4 @@
-"""The demo learns: `make demo` end to end, with the README's WER bars asserted (slow: ~15 min)."""
+"""The demo learns: `make demo` end to end, with the README's WER bars asserted (slow: minutes; BENCHMARKS.md, Demo)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_make_demo_learns():
     run = (REPO / "outputs/demo/runs/tiny_cpu/latest").resolve()
     results = json.loads((run / "eval" / "results.json").read_text())
     wer = {r["chunk_ms"]: r["wer"] for r in results["results"] if r["decode"] == "streaming"}
-    assert wer[1120] <= 0.15 and wer[80] <= 0.25, wer
+    assert wer[1120] <= 0.10 and wer[80] <= 0.12, wer  # bench/demo.py's bars, met with every seed it tried
     assert all(e["equal"] for e in results["streaming_equals_offline"]), results["streaming_equals_offline"]
     parity = json.loads((REPO / "dist/tiny_cpu/parity.json").read_text())
     assert parity["passed"] and parity["model_sha256"]

@@ -1,8 +1,9 @@
 """Fine-tuning from a .nemo shaped like the target: start points, vocabulary change, adaptation modes, safety rails.
 
-The "base" model is the target's shape in miniature: EncDecRNNTBPEModel, 128 mel features, normalize "NA",
-the four-mode context list, a BPE tokenizer with capitals and punctuation, the default (numba) RNN-T loss with
-FastEmit. Fine-tuning runs use the real recipes under recipes/nemotron/ with CPU-sized overrides.
+The "base" model is the target's shape in miniature (conftest.make_base): EncDecRNNTBPEModel, 128 mel features,
+normalize "NA", the four-mode context list, a BPE tokenizer with capitals, punctuation and digits, the default
+(numba) RNN-T loss with FastEmit. Fine-tuning runs use the real recipes under recipes/nemotron/ with CPU-sized
+overrides (conftest.finetune).
 """
 
 from __future__ import annotations
@@ -13,30 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DEMO_RECIPE, REPO, _base
+from tests.helpers import DEMO_RECIPE, NEMOTRON
 
-NEMOTRON = REPO / "recipes" / "nemotron"
 CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
-
-
-def cpu_overrides(corpus, out: Path, steps: int = 3) -> list[str]:
-    return [f"data.train={corpus / 'cuts_train.jsonl.gz'}", f"data.dev={corpus / 'cuts_dev.jsonl.gz'}",
-            "data.batch_duration_s=20", "data.num_buckets=0", "data.num_workers=0", f"run.output_dir={out}",
-            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.accelerator=cpu",
-            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "logger.wandb_mode=disabled",
-            "eval.batch_size=3", "model.optim.sched.warmup_steps=1", "model.optim.lr=2e-3",
-            "+model.loss.loss_name=pytorch",
-            # The corpus is lower-case and unpunctuated, the base writes both: the style guard (tested in
-            # test_start_points.py) would stop these runs.
-            "data.allow_style_change=true"]
-
-
-def finetune(recipe: str, base: Path, corpus, out: Path, *extra: str, steps: int = 3) -> Path:
-    from streamtune.stages import train
-
-    assert train.main(["--config", str(NEMOTRON / recipe), f"model.init_from={base}",
-                       *cpu_overrides(corpus, out, steps), *extra]) == 0
-    return next((out).glob("*/latest")).resolve()
 
 
 def _state(path: Path) -> dict:
@@ -45,10 +25,10 @@ def _state(path: Path) -> dict:
     return {k: v.clone() for k, v in load_model(path).state_dict().items()}
 
 
-def test_full_finetune_from_nemo(base_nemo, corpus, tmp_path, capsys):
+def test_full_finetune_from_nemo(base_nemo, finetune, tmp_path, capsys):
     from streamtune.models import load_model
 
-    run = finetune("full_finetune.yaml", base_nemo, corpus, tmp_path, "model.att_context_probs=[4,3,2,1]")
+    run = finetune("full_finetune.yaml", base_nemo, tmp_path, "model.att_context_probs=[4,3,2,1]")
     console = capsys.readouterr().out
     assert "step 3 dev WER: 1120ms " in console and "80ms" in console and "mean" in console
     base, tuned = load_model(base_nemo), load_model(run / "final.nemo")
@@ -74,63 +54,64 @@ def test_full_finetune_from_nemo(base_nemo, corpus, tmp_path, capsys):
     assert any(r.get("val_wer_80ms") for r in rows) and any(r.get("lr-AdamW") for r in rows)
 
 
-def test_new_tokenizer_changes_vocabulary_and_keeps_fastemit(base_nemo, corpus, tmp_path):
+def test_new_tokenizer_changes_vocabulary_and_keeps_fastemit(base_nemo, lower_tokenizer, finetune,
+                                                             finetune_overrides, tmp_path):
     from nemo.collections.asr.models import ASRModel
 
     from streamtune.config import load_config
     from streamtune.models import build_model, load_model
 
-    new_tok = corpus / "tokenizer"  # 48 lower-case pieces
     # NeMo's own change_vocabulary resets FastEmit (and the loss type) to defaults: what we guard against.
     plain = ASRModel.restore_from(str(base_nemo), map_location="cpu")
     assert plain.loss._loss.fastemit_lambda == 0.001
-    plain.change_vocabulary(new_tokenizer_dir=str(new_tok), new_tokenizer_type="bpe")
+    before = plain.tokenizer.vocab_size
+    plain.change_vocabulary(new_tokenizer_dir=str(lower_tokenizer), new_tokenizer_type="bpe")
     assert plain.loss._loss.fastemit_lambda == 0.0
 
-    overrides = [f"model.init_from={base_nemo}", f"model.tokenizer_dir={new_tok}", *cpu_overrides(corpus, tmp_path)]
+    overrides = [f"model.init_from={base_nemo}", f"model.tokenizer_dir={lower_tokenizer}", *finetune_overrides,
+                 f"run.output_dir={tmp_path}"]
     overrides.remove("+model.loss.loss_name=pytorch")
-    cfg = load_config(NEMOTRON / "new_vocabulary.yaml", overrides)
-    model = build_model(cfg, log=lambda _: None)
+    model = build_model(load_config(NEMOTRON / "new_vocabulary.yaml", overrides), log=lambda _: None)
     assert model.tokenizer.vocab_size == 48 and model.joint.num_classes_with_blank == 49
     assert type(model.loss._loss).__name__ == "RNNTLossNumba" and model.loss._loss.fastemit_lambda == 0.005
 
-    run = finetune("new_vocabulary.yaml", base_nemo, corpus, tmp_path / "run", f"model.tokenizer_dir={new_tok}",
-                   steps=2)
+    run = finetune("new_vocabulary.yaml", base_nemo, tmp_path / "run", f"model.tokenizer_dir={lower_tokenizer}",
+                   "trainer.max_steps=2", "data.allow_style_change=true")
     tuned = load_model(run / "final.nemo")
     assert tuned.tokenizer.vocab_size == 48
     assert tuned.cfg.loss.warprnnt_numba_kwargs.fastemit_lambda == 0.005
-    assert "vocabulary 64 -> 48 tokens" in (run / "model_setup.txt").read_text()
+    assert f"vocabulary {before} -> 48 tokens" in (run / "model_setup.txt").read_text()
 
 
-def test_hybrid_and_checkpoint_start_points(corpus, cased_tokenizer, trained_run, tmp_path):
+def test_hybrid_and_checkpoint_start_points(make_base, finetune, trained_run, tmp_path):
     from streamtune.chunks import chunk_modes
     from streamtune.models import load_model
 
-    hybrid = _base(corpus, cased_tokenizer, tmp_path / "hybrid.nemo",
-                   target="nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel")
-    run = finetune("full_finetune.yaml", hybrid, corpus, tmp_path / "h", steps=2)
+    hybrid = make_base(tmp_path / "hybrid.nemo", target="nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel")
+    run = finetune("full_finetune.yaml", hybrid, tmp_path / "h", "trainer.max_steps=2")
     tuned = load_model(run / "final.nemo")
     assert type(tuned).__name__ == "EncDecHybridRNNTCTCBPEModel" and len(chunk_modes(tuned)) == 4
     # A Lightning checkpoint of one of our runs is a start point too (fresh optimiser, its weights).
-    run = finetune("full_finetune.yaml", trained_run / "checkpoints" / "last.ckpt", corpus, tmp_path / "c", steps=2)
+    run = finetune("full_finetune.yaml", trained_run / "checkpoints" / "last.ckpt", tmp_path / "c",
+                   "trainer.max_steps=2")
     assert (run / "final.nemo").exists() and "init_from" in (run / "model_setup.txt").read_text()
 
 
-def test_frozen_encoder_is_bitwise_unchanged(base_nemo, corpus, tmp_path):
-    run = finetune("frozen_encoder.yaml", base_nemo, corpus, tmp_path)
+def test_frozen_encoder_is_bitwise_unchanged(base_nemo, finetune, tmp_path):
+    run = finetune("frozen_encoder.yaml", base_nemo, tmp_path)
     before, after = _state(base_nemo), _state(run / "final.nemo")
     enc = [k for k in before if k.startswith("encoder.")]
     assert enc and all(torch.equal(before[k], after[k]) for k in enc)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(("decoder.", "joint.")))
 
 
-def test_adapters_train_alone_and_stream_like_offline(base_nemo, corpus, tmp_path):
+def test_adapters_train_alone_and_stream_like_offline(base_nemo, finetune, corpus, tmp_path):
     from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
     from streamtune.models import load_model
     from streamtune.streaming import StreamingRunner
 
-    run = finetune("adapters.yaml", base_nemo, corpus, tmp_path, "finetune.adapter_dim=8")
+    run = finetune("adapters.yaml", base_nemo, tmp_path, "finetune.adapter_dim=8")
     before, after = _state(base_nemo), _state(run / "final.nemo")
     assert all(torch.equal(before[k], after[k]) for k in before), "every released weight untouched"
     added = [k for k in after if k not in before]
@@ -146,16 +127,16 @@ def test_adapters_train_alone_and_stream_like_offline(base_nemo, corpus, tmp_pat
         assert max(float((a - b).abs().max()) for a, b in zip(off.encoded, st.encoded)) < 1e-4, mode
 
 
-def test_per_module_learning_rate(base_nemo, corpus, tmp_path):
+def test_per_module_learning_rate(base_nemo, finetune, tmp_path):
     """NeMo's optim_param_groups: an encoder learning rate of 0 leaves it unchanged while the rest trains."""
-    run = finetune("discriminative_lr.yaml", base_nemo, corpus, tmp_path, "model.optim_param_groups.encoder.lr=0.0",
+    run = finetune("discriminative_lr.yaml", base_nemo, tmp_path, "model.optim_param_groups.encoder.lr=0.0",
                    "model.optim.sched.min_lr=0.0")
     before, after = _state(base_nemo), _state(run / "final.nemo")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
-def test_finetune_config_errors_are_clear(base_nemo, corpus, tmp_path, capsys):
+def test_finetune_config_errors_are_clear(base_nemo, finetune_overrides, tmp_path, capsys):
     from streamtune.stages import train
 
     cases = {
@@ -167,7 +148,7 @@ def test_finetune_config_errors_are_clear(base_nemo, corpus, tmp_path, capsys):
     }
     for override, message in cases.items():
         args = ["--config", str(NEMOTRON / "discriminative_lr.yaml"), f"model.init_from={base_nemo}",
-                *cpu_overrides(corpus, tmp_path / "err"), override]
+                *finetune_overrides, f"run.output_dir={tmp_path / 'err'}", override]
         assert train.main(args) == 2, override
         assert message in capsys.readouterr().err, override
     assert train.main(["--config", str(NEMOTRON / "full_finetune.yaml")]) == 2
@@ -175,13 +156,11 @@ def test_finetune_config_errors_are_clear(base_nemo, corpus, tmp_path, capsys):
     assert "required config key(s) not set" in err and "data.train" in err and "model.init_from" in err, err
 
 
-def test_nonfinite_steps_are_skipped_and_counted(corpus, tiny_overrides, tmp_path):
+def test_nonfinite_steps_are_skipped_and_counted(corpus, train_tiny, tmp_path):
     """One utterance of NaN samples makes one batch's loss NaN: the update is dropped, counted, training goes on."""
     import numpy as np
     import soundfile as sf
     from lhotse import CutSet, MonoCut, Recording
-
-    from streamtune.stages import train
 
     cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz").to_eager()
     bad = cuts[0]
@@ -192,14 +171,10 @@ def test_nonfinite_steps_are_skipped_and_counted(corpus, tiny_overrides, tmp_pat
                       recording=rec)
     cuts = CutSet.from_cuts([nan_cut, *list(cuts)[1:]])
     cuts.to_file(tmp_path / "cuts_nan.jsonl.gz")
-    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "data.train=", "trainer.max_steps"))]
     results = {}
     for guard in ("true", "false"):
-        out = tmp_path / guard
-        assert train.main(["--config", str(DEMO_RECIPE), *overrides, f"data.train={tmp_path / 'cuts_nan.jsonl.gz'}",
-                           f"run.output_dir={out}", "trainer.max_steps=4", "data.dev=null",
-                           f"trainer.skip_nonfinite_steps={guard}"]) == 0
-        run = (out / "tiny_cpu" / "latest").resolve()
+        run = train_tiny(tmp_path / guard, f"data.train={tmp_path / 'cuts_nan.jsonl.gz'}", "trainer.max_steps=4",
+                         "data.dev=null", f"trainer.skip_nonfinite_steps={guard}")
         rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
         skipped = [float(r["train_skipped_steps"]) for r in rows if r.get("train_skipped_steps")]
         results[guard] = (skipped, _state(run / "final.nemo"))

@@ -8,6 +8,7 @@ import torch
 from streamtune.chunks import chunk_modes
 from streamtune.data import load_utterances
 from streamtune.streaming import StreamingRunner
+from tests.helpers import DEMO_RECIPE, seeded
 
 
 @pytest.mark.slow
@@ -15,10 +16,9 @@ def test_full_size_encoder_streams_like_offline(tiny_overrides, corpus):
     from streamtune.config import load_config
     from streamtune.geometry import FULL, TINY
     from streamtune.models import build_model
-    from tests.conftest import DEMO_RECIPE
 
     overrides = [o for o in tiny_overrides if o not in TINY] + FULL
-    torch.manual_seed(0)
+    torch.manual_seed(seeded(0))
     model = build_model(load_config(DEMO_RECIPE, overrides)).eval()
     assert sum(p.numel() for p in model.encoder.parameters()) > 500e6
     runner = StreamingRunner(model, batch_size=3)

@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.e2e  # the second tier: the whole GPU script at toy sizes
 
 
 def test_gpu_script_smoke_runs_every_section_on_cpu(trained_run, corpus, tmp_path):

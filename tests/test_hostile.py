@@ -1,7 +1,8 @@
-"""Hostile and malformed inputs, through the real entry points in subprocesses: every one is rejected with a
-reason (kept + rejected == read) or refused with one line; nothing the data names runs; nothing valid is lost.
+"""Hostile and malformed inputs through the real entry points: every one is rejected with a reason
+(kept + rejected == read) or refused with one line; nothing the data names runs; nothing valid is lost.
 
-Each case is a line of CASES-like tables below; the closing note of issue 13 lists them with their outcome.
+Error paths call each stage's ``main([...])`` in this process; the first test runs data_prep as a command from another
+directory (the console path; tests/test_config.py does so for the other entry points).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,31 +18,25 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet
 
-from tests.conftest import DEMO_RECIPE, REPO
+from tests.helpers import DEMO_RECIPE, REPO, one_line_error, run_entry
 
 
-def run(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """An entry point in a fresh process (``-m data_prep ...``, ``train.py ...``)."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-
-
-def rejections(out: Path, run_name: str = "train") -> dict[str, str]:
-    """rejected item detail -> reason, and the report's counts checked to add up."""
+def rejections(out: Path, run_name: str = "train") -> list[dict]:
+    """The rejected items, and the report's counts checked to add up."""
     report = json.loads((out / f"report_{run_name}.json").read_text())
     assert report["kept"] + report["rejected"] == report["read"]
     rows = [json.loads(line) for line in open(out / f"rejected_{run_name}.jsonl")]
     assert len(rows) == report["rejected"]
     return rows
+
+
+def prep(capsys, *args: str) -> tuple[int, str]:
+    """``python -m data_prep ARGS`` in this process: (exit status, stderr)."""
+    from streamtune.stages.data_prep.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +121,8 @@ def test_hostile_manifest_lines_are_each_rejected_with_their_reason(audio, tmp_p
                     ((line if isinstance(line, str) else json.dumps(line)) + "\n").encode())
     out = tmp_path / "out"
     # From another directory: the installed module (the checkout's `data_prep` wrapper is not on the path there).
-    proc = run("-m", "streamtune.stages.data_prep", "nemo", "--manifest", str(manifest), "--out", str(out), "--lang",
-               "en", cwd=tmp_path)
+    proc = run_entry("-m", "streamtune.stages.data_prep", "nemo", "--manifest", str(manifest), "--out", str(out),
+                     "--lang", "en", cwd=tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     rows = rejections(out)
     got = {int(r["detail"].split("hostile.jsonl:")[1].split(":")[0]): r["reason"] for r in rows}
@@ -164,32 +157,35 @@ def hostile_cuts(audio, marker: Path) -> list:
     return [_cut_with_source(good, "file", str(good), "ok"), command, url, sph, garbage, mixed]
 
 
-def test_lhotse_cuts_that_name_commands_are_refused_everywhere(audio, tmp_path, tiny_overrides, trained_run):
+def test_lhotse_cuts_that_name_commands_are_refused_everywhere(audio, tmp_path, tiny_overrides, trained_run, capsys):
+    from streamtune.stages import evaluate, train
+
     marker = tmp_path / "MARKER"
     cuts_path = tmp_path / "in" / "cuts_x.jsonl.gz"
     cuts_path.parent.mkdir()
     CutSet.from_cuts(hostile_cuts(audio, marker)).to_file(cuts_path)
     # data_prep keeps the good one and rejects the others, naming why.
-    proc = run("-m", "data_prep", "lhotse", "--cuts", str(cuts_path), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    code, err = prep(capsys, "lhotse", "--cuts", str(cuts_path), "--out", str(tmp_path / "out"))
+    assert code == 0 and "Traceback" not in err, err[-3000:]
     reasons = {r["item"]: r["reason"] for r in rejections(tmp_path / "out")}
     assert reasons == {"command": "unsafe_source", "url": "unsafe_source", "sph": "unsafe_source",
                        "memory": "undecodable_audio", "mixed": "unsafe_source"}
     # training and evaluation refuse such a cuts file with one line, before reading any audio.
-    base = [o for o in tiny_overrides if not o.startswith(("data.train=", "run.output_dir="))]
-    one_line_error(run("train.py", "--config", str(DEMO_RECIPE), *base, f"data.train={cuts_path}",
-                       f"run.output_dir={tmp_path / 'runs'}"), "cut 'command' is refused", "type 'command'")
+    code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, f"data.train={cuts_path}",
+                       f"run.output_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys.readouterr().err, "cut 'command' is refused", "type 'command'")
     assert not (tmp_path / "runs").exists()
-    one_line_error(run("evaluate.py", "--config", str(DEMO_RECIPE), "--model", str(trained_run / "final.nemo"),
-                       "--cuts", str(cuts_path), "--out", str(tmp_path / "eval"), *base), "cut 'command' is refused")
+    code = evaluate.main(["--config", str(DEMO_RECIPE), "--model", str(trained_run / "final.nemo"), "--cuts",
+                          str(cuts_path), "--out", str(tmp_path / "eval"), *tiny_overrides])
+    one_line_error(code, capsys.readouterr().err, "cut 'command' is refused")
     # Given as --cuts to lhotse writing into its own folder: refused rather than overwriting its input.
     train_cuts = tmp_path / "out" / "cuts_train.jsonl.gz"
-    one_line_error(run("-m", "data_prep", "lhotse", "--cuts", str(train_cuts), "--out", str(tmp_path / "out"),
-                       "--force"), "would overwrite the input")
+    one_line_error(*prep(capsys, "lhotse", "--cuts", str(train_cuts), "--out", str(tmp_path / "out"), "--force"),
+                   "would overwrite the input")
     assert not marker.exists(), "nothing the data names ran"
 
 
-def test_ids_from_paths_do_not_collide_and_splits_keep_their_reports(audio, tmp_path):
+def test_ids_from_paths_do_not_collide_and_splits_keep_their_reports(audio, tmp_path, capsys):
     (tmp_path / "followme").mkdir()
     shutil.copy(audio["good"], tmp_path / "followme" / "sorry.wav")
     shutil.copy(audio["good2"], tmp_path / "sorry.wav")
@@ -200,10 +196,8 @@ def test_ids_from_paths_do_not_collide_and_splits_keep_their_reports(audio, tmp_
     (tmp_path / "dev.jsonl").write_text(json.dumps({"audio_filepath": "nowhere.wav", "text": "x"}) + "\n" +
                                         json.dumps(entries[0]) + "\n")
     out = tmp_path / "out"
-    assert run("-m", "data_prep", "nemo", "--manifest", str(tmp_path / "train.jsonl"), "--out",
-               str(out)).returncode == 0
-    assert run("-m", "data_prep", "nemo", "--manifest", str(tmp_path / "dev.jsonl"), "--out", str(out),
-               "--split", "dev").returncode == 0
+    assert prep(capsys, "nemo", "--manifest", str(tmp_path / "train.jsonl"), "--out", str(out))[0] == 0
+    assert prep(capsys, "nemo", "--manifest", str(tmp_path / "dev.jsonl"), "--out", str(out), "--split", "dev")[0] == 0
     kept = {c.id: c.supervisions[0].text for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
     assert len(kept) == 3 and kept["followme__sorry"] == "one" and kept["sorry"] == "two"
     assert sorted(kept.values()) == ["one", "three", "two"], "every utterance kept with its own transcript"
@@ -212,21 +206,20 @@ def test_ids_from_paths_do_not_collide_and_splits_keep_their_reports(audio, tmp_
     assert [r["reason"] for r in rejections(out, "dev")] == ["missing_audio"]
 
 
-def test_folder_and_table_problems_are_one_line(audio, tmp_path):
+def test_folder_and_table_problems_are_one_line(audio, tmp_path, capsys):
     folder = tmp_path / "rec"
     folder.mkdir()
     shutil.copy(audio["good"], folder / "a.wav")
     (tmp_path / "big.csv").write_text("id,text\n" + "a," + "x" * 200_000 + "\n")
-    one_line_error(run("-m", "data_prep", "folder", "--dir", str(folder), "--transcripts", str(tmp_path / "big.csv"),
-                       "--out", str(tmp_path / "o1")), "big.csv", "line")
+    one_line_error(*prep(capsys, "folder", "--dir", str(folder), "--transcripts", str(tmp_path / "big.csv"),
+                         "--out", str(tmp_path / "o1")), "big.csv", "line")
     (tmp_path / "nohead.csv").write_text("a,hello\n")
-    one_line_error(run("-m", "data_prep", "folder", "--dir", str(folder), "--transcripts",
-                       str(tmp_path / "nohead.csv"), "--out", str(tmp_path / "o2")), "needs a header")
-    one_line_error(run("-m", "data_prep", "nemo", "--manifest", str(folder), "--out", str(tmp_path / "o3")),
-                   "is a directory")
+    one_line_error(*prep(capsys, "folder", "--dir", str(folder), "--transcripts", str(tmp_path / "nohead.csv"),
+                         "--out", str(tmp_path / "o2")), "needs a header")
+    one_line_error(*prep(capsys, "nemo", "--manifest", str(folder), "--out", str(tmp_path / "o3")), "is a directory")
 
 
-def test_tarred_shards_with_hostile_members(audio, tmp_path):
+def test_tarred_shards_with_hostile_members(audio, tmp_path, capsys):
     good, good2 = audio["good"], audio["good2"]
     shard = tmp_path / "s"
     shard.mkdir()
@@ -244,9 +237,9 @@ def test_tarred_shards_with_hostile_members(audio, tmp_path):
     (shard / "audio_1.tar").write_bytes(data[: len(data) // 2])  # truncated
     (shard / "manifest_1.json").write_text(json.dumps({"audio_filepath": "plain.wav", "text": "x"}) + "\n")
     out = tmp_path / "out"
-    proc = run("-m", "data_prep", "nemo-tarred", "--manifest", str(shard / "manifest_*.json"), "--tar",
-               str(shard / "audio_*.tar"), "--out", str(out))
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    code, err = prep(capsys, "nemo-tarred", "--manifest", str(shard / "manifest_*.json"), "--tar",
+                     str(shard / "audio_*.tar"), "--out", str(out))
+    assert code == 0 and "Traceback" not in err, err[-3000:]
     kept = {c.supervisions[0].text for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
     assert kept == {"one", "two"}
     reasons = sorted(r["reason"] for r in rejections(out))
@@ -259,12 +252,12 @@ def test_tarred_shards_with_hostile_members(audio, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(shard / "audio_0.tar", other / "audio_0.tar")
-    one_line_error(run("-m", "data_prep", "nemo-tarred", "--manifest", str(shard / "manifest_0.json"), "--tar",
-                       str(shard / "audio_0.tar"), str(other / "audio_0.tar"), "--out", str(tmp_path / "o2")),
+    one_line_error(*prep(capsys, "nemo-tarred", "--manifest", str(shard / "manifest_0.json"), "--tar",
+                         str(shard / "audio_0.tar"), str(other / "audio_0.tar"), "--out", str(tmp_path / "o2")),
                    "two tar files are shard 0")
 
 
-def test_hf_ids_that_spell_the_same_file_name_keep_their_own_audio(audio, tmp_path):
+def test_hf_ids_that_spell_the_same_file_name_keep_their_own_audio(audio, tmp_path, capsys):
     import datasets
 
     rows = {"audio": [{"bytes": audio[k].read_bytes(), "path": "x.wav"} for k in ("good", "good2")],
@@ -272,8 +265,7 @@ def test_hf_ids_that_spell_the_same_file_name_keep_their_own_audio(audio, tmp_pa
     datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False)).to_parquet(
         str(tmp_path / "ds.parquet"))
     out = tmp_path / "out"
-    assert run("-m", "data_prep", "hf", "--dataset", str(tmp_path / "ds.parquet"), "--id-column", "id", "--out",
-               str(out)).returncode == 0
+    assert prep(capsys, "hf", "--dataset", str(tmp_path / "ds.parquet"), "--id-column", "id", "--out", str(out))[0] == 0
     cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
     assert set(cuts) == {"a/1", "a__1"}
     lengths = {k: c.load_audio().shape[-1] for k, c in cuts.items()}
@@ -334,60 +326,54 @@ def _pickle_bomb(path: Path, marker: Path) -> Path:
     return path
 
 
-def test_pickled_checkpoints_are_refused_not_run(tiny_overrides, tmp_path):
+def test_pickled_checkpoints_are_refused_not_run(tiny_overrides, tmp_path, capsys):
+    from streamtune.stages import train
+
     marker = tmp_path / "MARKER"
     bomb = _pickle_bomb(tmp_path / "step0000003.ckpt", marker)
-    base = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]
     for key in ("model.init_from", "run.resume"):
-        proc = run("train.py", "--config", str(DEMO_RECIPE), *base, f"{key}={bomb}",
-                   f"run.output_dir={tmp_path / 'runs'}")
-        one_line_error(proc, "is refused", "posix.system")
+        code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, f"{key}={bomb}",
+                           f"run.output_dir={tmp_path / 'runs'}"])
+        one_line_error(code, capsys.readouterr().err, "is refused", "posix.system")
     # run.resume=auto meets it among a run's checkpoints: refused as well, not skipped over or run.
     run_dir = tmp_path / "runs2" / "tiny_cpu" / "20260101-000000"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(bomb, run_dir / "checkpoints" / bomb.name)
-    one_line_error(run("train.py", "--config", str(DEMO_RECIPE), *base, "run.resume=auto",
-                       f"run.output_dir={tmp_path / 'runs2'}"), "is refused")
+    code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, "run.resume=auto",
+                       f"run.output_dir={tmp_path / 'runs2'}"])
+    one_line_error(code, capsys.readouterr().err, "is refused")
     assert not marker.exists()
 
 
-def test_online_wandb_without_credentials_is_one_line_before_any_run_dir(tiny_overrides, tmp_path):
-    base = [o for o in tiny_overrides if not o.startswith("run.output_dir=")]
-    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")}
-    proc = run("train.py", "--config", str(DEMO_RECIPE), *base, "logger.wandb_mode=online",
-               f"run.output_dir={tmp_path / 'runs'}", env=env)
-    one_line_error(proc, "wandb login", "logger.wandb_mode=offline")
+def test_online_wandb_without_credentials_is_one_line_before_any_run_dir(tiny_overrides, tmp_path, capsys,
+                                                                         monkeypatch):
+    from streamtune.stages import train
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, "logger.wandb_mode=online",
+                       f"run.output_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys.readouterr().err, "wandb login", "logger.wandb_mode=offline")
     assert not (tmp_path / "runs").exists()
 
 
-def test_secrets_stay_interpolations_in_written_configs(tiny_overrides, tmp_path):
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
-    secret = "s3cr3t-token-5577"
-    # Not in logger.wandb_project: W&B records the project name as the run's identity, as it must.
-    proc = run("train.py", "--config", str(DEMO_RECIPE), *base, "trainer.max_steps=2", "logger.wandb_mode=offline",
-               "export.hotwords=${oc.env:STREAMTUNE_TEST_SECRET}", f"run.output_dir={tmp_path}",
-               env={"STREAMTUNE_TEST_SECRET": secret})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = (tmp_path / "tiny_cpu" / "latest").resolve()
-    written = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".wandb", ".txt")]
-    assert "${oc.env:STREAMTUNE_TEST_SECRET}" in (run_dir / "config.yaml").read_text()
-    leaked = [p for p in written if secret.encode() in p.read_bytes()]
-    assert not leaked, f"the secret was written to {leaked}"
-
-
+@pytest.mark.e2e
 def test_two_auto_resumers_of_one_run_name_the_second_refuses(tiny_overrides, tmp_path):
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=",
-                                                           "trainer.val_check_interval="))]
-    args = ["train.py", "--config", str(DEMO_RECIPE), *base, "trainer.max_steps=400", "trainer.val_check_interval=400",
-            "run.resume=auto", f"run.output_dir={tmp_path}"]
+    """Two processes (the lock is per process): the second is refused while the first trains."""
+    import subprocess
+    import sys
+
+    args = ["train.py", "--config", str(DEMO_RECIPE), *tiny_overrides, "trainer.max_steps=400",
+            "trainer.val_check_interval=400", "run.resume=auto", f"run.output_dir={tmp_path}"]
     first = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     try:
         for line in first.stdout:  # wait until it holds its run dir
             if line.startswith("run dir:"):
                 break
-        second = run(*args)
-        one_line_error(second, "run 'tiny_cpu' (run.resume=auto) is in use by train.py pid")
+        second = run_entry(*args)
+        one_line_error(second.returncode, second.stderr, "run 'tiny_cpu' (run.resume=auto) is in use by train.py pid")
     finally:
         first.kill()
         first.wait()

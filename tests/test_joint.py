@@ -146,7 +146,7 @@ def test_training_models_get_it_and_saved_models_do_not(tiny_overrides, tmp_path
     from streamtune.config import load_config
     from streamtune.joint import _joint_after_projection
     from streamtune.models import build_model, load_model, save_model
-    from tests.conftest import DEMO_RECIPE
+    from tests.helpers import DEMO_RECIPE
 
     model = build_model(load_config(DEMO_RECIPE, tiny_overrides), log=lambda _: None)
     assert model.joint.joint_after_projection.__func__ is _joint_after_projection

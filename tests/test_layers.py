@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STAGES = ("streamtune.stages", "data_prep", "export", "train", "evaluate")
 BENCH = "bench"

@@ -150,12 +150,14 @@ def test_registered_by_name_in_nemo_and_errors_on_unknown_kwargs():
         RNNTLoss(num_classes=blank, loss_name="streamtune", loss_kwargs={"fastemit_lamda": 0.01})
 
 
+@pytest.mark.e2e
 def test_portable_config_restores_in_plain_nemo(tmp_path, corpus):
-    """A .nemo trained with loss_name streamtune restores in a process where streamtune never ran."""
+    """A .nemo trained with loss_name streamtune restores in a process where streamtune never ran (a fresh Python
+    with NeMo: the second tier)."""
     from streamtune.config import load_config
     from streamtune.geometry import TINY
     from streamtune.models import build_model, save_model
-    from tests.conftest import DEMO_RECIPE
+    from tests.helpers import DEMO_RECIPE
 
     cfg = load_config(DEMO_RECIPE, [*TINY, f"model.tokenizer_dir={corpus / 'tokenizer'}", "data.dev=null",
                                      f"data.train={corpus / 'cuts_train.jsonl.gz'}", "model.loss.loss_name=streamtune",

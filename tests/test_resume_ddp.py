@@ -8,11 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.conftest import DEMO_RECIPE, REPO
+from tests.helpers import DEMO_RECIPE, REPO
+
+pytestmark = pytest.mark.e2e  # the second tier: kills, resumes and 2-process runs: each a fresh Python with NeMo
 
 PROBE = REPO / "tests" / "train_probe.py"
+
+
+# The demo recipe trains without dropout; the resume tests switch it on, so that the dropout masks' random streams
+# must be restored exactly too.
+DROPOUT = ["model.encoder.dropout=0.1", "model.decoder.prednet.dropout=0.1", "model.joint.jointnet.dropout=0.1"]
 
 
 def run_probe(args: list[str], probe_dir: Path, **env) -> subprocess.CompletedProcess:
@@ -34,7 +42,8 @@ def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_pa
                                                            "trainer.val_check_interval="))]
     # Validation (and a best-k checkpoint) at step 4, a periodic checkpoint every 2 steps; dither and dropout on,
     # so the RNG streams matter; the 48-utterance set is ~3 batches, so the data crosses epoch boundaries.
-    common = [*base, "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.checkpoint_every_n_steps=2"]
+    common = [*base, *DROPOUT, "trainer.max_steps=8", "trainer.val_check_interval=4",
+              "trainer.checkpoint_every_n_steps=2"]
     straight = run_probe([*common, f"run.output_dir={tmp_path / 'straight'}"], tmp_path / "p-straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -115,7 +124,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tiny_overrides, tmp_p
 
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=",
                                                            "trainer.val_check_interval="))]
-    common = [*base, "trainer.max_steps=10", "trainer.val_check_interval=10", "trainer.checkpoint_every_n_steps=100"]
+    common = [*base, *DROPOUT, "trainer.max_steps=10", "trainer.val_check_interval=10",
+              "trainer.checkpoint_every_n_steps=100"]
     straight = run_probe([*common, f"run.output_dir={tmp_path / 'straight'}"], tmp_path / "p-straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 

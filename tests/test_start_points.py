@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.test_finetune import NEMOTRON, cpu_overrides
-
-STYLE_OK = "data.allow_style_change=true"
+from tests.helpers import NEMOTRON, REPO
 
 
 def _hf_cache(cache: Path, repo_id: str, nemo: Path) -> Path:
@@ -43,10 +40,13 @@ def _train(args: list[str], cache: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
-def test_hub_name_resolves_from_the_hf_cache_offline(base_nemo, corpus, tmp_path):
+@pytest.mark.e2e
+def test_hub_name_resolves_from_the_hf_cache_offline(base_nemo, finetune_overrides, tmp_path):
+    """In fresh processes: huggingface_hub reads HF_HUB_OFFLINE and its cache path when it is imported."""
     cache = tmp_path / "hub"
     cached = _hf_cache(cache, "acme/tiny-streaming", base_nemo)
-    common = ["--config", str(NEMOTRON / "full_finetune.yaml"), *cpu_overrides(corpus, tmp_path / "runs", steps=1)]
+    common = ["--config", str(NEMOTRON / "full_finetune.yaml"), *finetune_overrides, "trainer.max_steps=1",
+              f"run.output_dir={tmp_path / 'runs'}"]
     done = _train([*common, "model.init_from=acme/tiny-streaming"], cache)
     assert done.returncode == 0, done.stderr[-3000:]
     setup = next((tmp_path / "runs").glob("*/latest/model_setup.txt")).read_text()
@@ -72,24 +72,24 @@ def trained_base(base_nemo, tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("moved") / "moved.nemo")
 
 
-def _partial(trained_base, corpus, tmp_path, *extra):
+def _partial(trained_base, finetune_overrides, tmp_path, *extra):
     from lightning.pytorch import seed_everything
 
     from streamtune.config import load_config
     from streamtune.models import build_model
 
-    cfg = load_config(NEMOTRON / "full_finetune.yaml", [f"model.init_from={trained_base}", STYLE_OK,
-                                                        *cpu_overrides(corpus, tmp_path), *extra])
+    cfg = load_config(NEMOTRON / "full_finetune.yaml", [f"model.init_from={trained_base}", *finetune_overrides,
+                                                        f"run.output_dir={tmp_path}", *extra])
     seed_everything(cfg.run.seed)
     notes = []
     return build_model(cfg, log=notes.append), "\n".join(notes)
 
 
-def test_partial_init_keeps_included_modules_bitwise(trained_base, corpus, tmp_path):
+def test_partial_init_keeps_included_modules_bitwise(trained_base, finetune_overrides, tmp_path):
     from streamtune.models import load_model
 
     source = load_model(trained_base).state_dict()
-    model, notes = _partial(trained_base, corpus, tmp_path, "model.init_include=[encoder,preprocessor]")
+    model, notes = _partial(trained_base, finetune_overrides, tmp_path, "model.init_include=[encoder,preprocessor]")
     state = model.state_dict()
     encoder = [k for k in state if k.startswith("encoder.")]
     assert encoder and all(torch.equal(state[k], source[k]) for k in encoder)
@@ -98,30 +98,28 @@ def test_partial_init_keeps_included_modules_bitwise(trained_base, corpus, tmp_p
     assert "encoder: " in notes and "(loaded)" in notes and "decoder: 0 of" in notes and "(fresh)" in notes
 
     # The same split said the other way round, and an excluded module may change shape.
-    model, notes = _partial(trained_base, corpus, tmp_path, "model.init_exclude=[decoder,joint]",
+    model, notes = _partial(trained_base, finetune_overrides, tmp_path, "model.init_exclude=[decoder,joint]",
                             "+model.joint.jointnet.joint_hidden=24")
     assert model.joint.joint_net[-1].in_features == 24
     assert all(torch.equal(model.state_dict()[k], source[k]) for k in encoder)
 
 
-def test_partial_init_errors_name_the_prefix(trained_base, corpus, tmp_path):
+def test_partial_init_errors_name_the_prefix(trained_base, finetune_overrides, tmp_path):
     from streamtune.errors import UserError
 
     with pytest.raises(UserError, match="model.init_include 'encodr' names nothing.*encoder"):
-        _partial(trained_base, corpus, tmp_path, "model.init_include=[encodr]")
+        _partial(trained_base, finetune_overrides, tmp_path, "model.init_include=[encodr]")
     with pytest.raises(UserError, match="keeps joint.* with shape .* the recipe's model has"):
-        _partial(trained_base, corpus, tmp_path, "model.init_include=[joint]", "+model.joint.jointnet.joint_hidden=24")
+        _partial(trained_base, finetune_overrides, tmp_path, "model.init_include=[joint]",
+                 "+model.joint.jointnet.joint_hidden=24")
 
 
-def _cased_cuts(cased_tokenizer: Path) -> Path:
-    return cased_tokenizer.parent / "cased.jsonl.gz"  # written by the cased_tokenizer fixture
-
-
-def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, corpus, cased_tokenizer, tmp_path,
-                                                                  capsys):
+def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, corpus, lower_cuts, finetune_overrides,
+                                                                  tmp_path, capsys):
     from streamtune.stages import train
+    from streamtune.style import TextStyle
 
-    overrides = [o for o in cpu_overrides(corpus, tmp_path / "runs") if o != STYLE_OK]
+    overrides = [*finetune_overrides, f"data.train={lower_cuts}", f"run.output_dir={tmp_path / 'runs'}"]
     args = ["--config", str(NEMOTRON / "full_finetune.yaml"), f"model.init_from={base_nemo}", *overrides]
     assert train.main(args) == 2
     error = capsys.readouterr().err.strip()
@@ -135,30 +133,41 @@ def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, cor
     from streamtune.config import load_config
     from streamtune.models import check_model_config
 
-    cased = _cased_cuts(cased_tokenizer)
-    lower = corpus / "cuts_train.jsonl.gz"
-    for extra in ([f"data.train={cased}"], [f"data.train=[[{lower},0.75],[{cased},0.25]]"], [STYLE_OK]):
+    cased = corpus / "cuts_train.jsonl.gz"
+    for extra in ([f"data.train={cased}"], [f"data.train=[[{lower_cuts},0.75],[{cased},0.25]]"],
+                  ["data.allow_style_change=true"]):
         check_model_config(load_config(NEMOTRON / "full_finetune.yaml",
                                        [f"model.init_from={base_nemo}", *overrides, *extra]))
-    # A mix with too little PnC still stops.
+    # A mix with too little PnC still stops, naming its share: 3 % of the corpus' share of utterances with capitals.
+    from lhotse import CutSet
+
     from streamtune.errors import UserError
 
-    with pytest.raises(UserError, match="3.0% with capitals"):
+    style = TextStyle()
+    for cut in CutSet.from_file(cased):
+        style.add(cut.supervisions[0].text)
+    with pytest.raises(UserError, match=f"{100 * 0.03 * style.share('capitals'):.1f}% with capitals"):
         check_model_config(load_config(NEMOTRON / "full_finetune.yaml", [
-            f"model.init_from={base_nemo}", *overrides, f"data.train=[[{lower},0.97],[{cased},0.03]]"]))
+            f"model.init_from={base_nemo}", *overrides, f"data.train=[[{lower_cuts},0.97],[{cased},0.03]]"]))
     # The replay-mix recipe is that mix, ready to fill in.
     cfg = load_config(NEMOTRON / "replay_mix.yaml", [f"model.init_from={base_nemo}", *overrides,
-                                                     f"data.train=[[{lower},0.75],[{cased},0.25]]"])
+                                                     f"data.train=[[{lower_cuts},0.75],[{cased},0.25]]"])
     check_model_config(cfg)
 
 
-def test_data_prep_report_states_the_transcript_style(cased_tokenizer, corpus, tmp_path):
+def test_data_prep_report_states_the_transcript_style(corpus, lower_cuts, tmp_path):
+    from lhotse import CutSet
+
     from streamtune.stages.data_prep.__main__ import main as prep
 
-    for cuts, out, capitals in ((_cased_cuts(cased_tokenizer), tmp_path / "cased", 1.0),
-                                (corpus / "cuts_train.jsonl.gz", tmp_path / "lower", 0.0)):
+    cased = corpus / "cuts_train.jsonl.gz"
+    texts = [c.supervisions[0].text for c in CutSet.from_file(cased)]
+    with_capitals = sum(any(ch.isupper() for ch in t) for t in texts) / len(texts)
+    assert with_capitals > 0.5, "precondition: the corpus is written with capitals"
+    for cuts, out, capitals, punctuation in ((cased, tmp_path / "cased", with_capitals, 1.0),
+                                             (lower_cuts, tmp_path / "lower", 0.0, 0.0)):
         assert prep(["lhotse", "--cuts", str(cuts), "--out", str(out), "--no-audio-check"]) == 0
         style = json.loads((out / "report_train.json").read_text())["style"]
-        assert style["with_capitals"] == capitals and style["with_punctuation"] == capitals
+        assert style["with_capitals"] == round(capitals, 4) and style["with_punctuation"] == punctuation
         assert style["utterances"] == 48
         assert "Transcript style: " in (out / "report_train.md").read_text()

@@ -8,6 +8,7 @@ import torch
 from streamtune.chunks import chunk_modes
 from streamtune.data import load_utterances
 from streamtune.streaming import StreamingRunner
+from tests.helpers import DEMO_RECIPE, seeded
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +16,9 @@ def random_model(tiny_overrides):
     """An untrained tiny model: it emits many (random) tokens, so token parity is a real check."""
     from streamtune.config import load_config
     from streamtune.models import build_model
-    from tests.conftest import DEMO_RECIPE
 
     cfg = load_config(DEMO_RECIPE, tiny_overrides)
-    torch.manual_seed(0)
+    torch.manual_seed(seeded(0))
     return build_model(cfg).eval()
 
 
@@ -69,29 +69,25 @@ def test_results_do_not_depend_on_batch_size(random_model, feats, chunk_ms):
     assert runs[2].step_streams[0] == 8 and len(runs[2].step_times) == len(runs[2].step_streams)
 
 
-def test_hybrid_rnnt_ctc_checkpoint_streams_with_its_rnnt_head(tiny_overrides, corpus, tmp_path):
-    """Some ports of the target model are EncDecHybridRNNTCTCBPEModel: load_model and the runner handle it."""
-    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
-    from omegaconf import OmegaConf, open_dict
+@pytest.mark.parametrize("target", ["EncDecHybridRNNTCTCBPEModel", "EncDecRNNTBPEModel"])
+def test_both_model_classes_load_and_stream_with_their_rnnt_head(tiny_overrides, corpus, tmp_path, target):
+    """The target model is EncDecRNNTBPEModel, and EncDecHybridRNNTCTCBPEModel in some ports (the demo trains a
+    hybrid): load_model and the runner handle both, streaming giving offline's tokens."""
+    from omegaconf import open_dict
 
     from streamtune.config import load_config
-    from streamtune.model_config import nemo_model_config
+    from streamtune.model_config import model_class, nemo_model_config
     from streamtune.models import load_model
-    from tests.conftest import DEMO_RECIPE
 
     model_cfg = nemo_model_config(load_config(DEMO_RECIPE, tiny_overrides))
-    with open_dict(model_cfg):
-        model_cfg.aux_ctc = OmegaConf.create({
-            "ctc_loss_weight": 0.3, "use_cer": False, "ctc_reduction": "mean_batch",
-            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder",
-                        "feat_in": model_cfg.encoder.d_model, "num_classes": -1, "vocabulary": []},
-            "decoding": {"strategy": "greedy"},
-        })
-    torch.manual_seed(0)
-    path = tmp_path / "hybrid.nemo"
-    EncDecHybridRNNTCTCBPEModel(cfg=model_cfg).save_to(str(path))
+    if target == "EncDecRNNTBPEModel":
+        with open_dict(model_cfg):
+            del model_cfg["aux_ctc"]
+    torch.manual_seed(seeded(0))
+    path = tmp_path / "model.nemo"
+    model_class(f"nemo.collections.asr.models.{target}")(cfg=model_cfg).save_to(str(path))
     model = load_model(path)
-    assert type(model).__name__ == "EncDecHybridRNNTCTCBPEModel" and model.cur_decoder == "rnnt"
+    assert type(model).__name__ == target and getattr(model, "cur_decoder", "rnnt") == "rnnt"
     runner = StreamingRunner(model, batch_size=4)
     feats = [runner.features(u.audio) for u in load_utterances(corpus / "cuts_test.jsonl.gz")]
     mode = next(m for m in chunk_modes(model) if m.chunk_ms == 80)

@@ -1,28 +1,14 @@
 """Trainer options through the real train.py: any Lightning Trainer argument (checked against its signature),
-early stopping, max_time, EMA weights, TensorBoard."""
+early stopping, max_time, the throughput log (EMA weights and TensorBoard: the session's run, test_train.py)."""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import DEMO_RECIPE
-
-
-def _without(overrides: list[str], *prefixes: str) -> list[str]:
-    return [o for o in overrides if not o.startswith(prefixes)]
-
-
-def _run(tiny_overrides, out: Path, *extra: str) -> Path:
-    from streamtune.stages import train
-
-    args = ["--config", str(DEMO_RECIPE), *_without(tiny_overrides, "run.output_dir=", "trainer.max_steps",
-                                                       "trainer.val_check_interval"), f"run.output_dir={out}", *extra]
-    assert train.main(args) == 0
-    return (out / "tiny_cpu" / "latest").resolve()
+from tests.helpers import DEMO_RECIPE
 
 
 def test_any_trainer_argument_is_checked_against_lightnings_signature(tiny_overrides, tmp_path):
@@ -47,10 +33,10 @@ def test_any_trainer_argument_is_checked_against_lightnings_signature(tiny_overr
         load_config(recipe)
 
 
-def test_early_stopping_stops_a_run_whose_wer_stalls(tiny_overrides, tmp_path, capsys):
+def test_early_stopping_stops_a_run_whose_wer_stalls(train_tiny, tmp_path, capsys):
     """With a learning rate of 0 the dev WER cannot move: patience 2 stops at the third validation."""
-    run = _run(tiny_overrides, tmp_path, "trainer.max_steps=40", "trainer.val_check_interval=2",
-                  "trainer.early_stopping.patience=2", "model.optim.lr=0.0", "model.optim.sched.min_lr=0.0")
+    run = train_tiny(tmp_path, "trainer.max_steps=40", "trainer.val_check_interval=2",
+                     "trainer.early_stopping.patience=2", "model.optim.lr=0.0", "model.optim.sched.min_lr=0.0")
     assert "stopped at step 6 of 40: early stopping: val_wer_mean did not improve for 2 validations" in \
         capsys.readouterr().out
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r.get("val_wer_mean")]
@@ -58,32 +44,11 @@ def test_early_stopping_stops_a_run_whose_wer_stalls(tiny_overrides, tmp_path, c
     assert (run / "final.nemo").exists()
 
 
-def test_max_time_ends_the_run_with_a_final_model(tiny_overrides, tmp_path, capsys):
-    run = _run(tiny_overrides, tmp_path, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
-                  "trainer.max_time=00:00:00:02", "data.dev=null")
+def test_max_time_ends_the_run_with_a_final_model(train_tiny, tmp_path, capsys):
+    run = train_tiny(tmp_path, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+                     "trainer.max_time=00:00:00:02", "data.dev=null")
     assert "stopped at step" in capsys.readouterr().out
     assert (run / "final.nemo").exists()
-
-
-def test_ema_weights_are_validated_and_saved_in_final_nemo(tiny_overrides, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from streamtune.checkpointing import load_checkpoint
-    from streamtune.models import load_model
-
-    run = _run(tiny_overrides, tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=2",
-                  "trainer.ema_decay=0.5", "logger.tensorboard=true")
-    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == 4
-    average = ckpt["callbacks"]["EMA"]["average"]
-    final = load_model(run / "final.nemo").state_dict()
-    assert average and all(torch.equal(final[k], v) for k, v in average.items()), "final.nemo holds the EMA"
-    assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in average.items()), "EMA differs from raw"
-    rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
-    assert any(r.get("val_wer_mean") for r in rows) and any(r.get("val_wer_mean_raw") for r in rows)
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    assert {"val_wer_mean", "val_wer_mean_raw", "train_loss"} <= set(events.Tags()["scalars"])
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
