@@ -225,7 +225,7 @@ def make_base(corpus):
         overrides = [*TINY, "model.preprocessor.features=128", f"model.tokenizer_dir={corpus / 'tokenizer'}",
                      f"data.train={corpus / 'cuts_train.jsonl.gz'}", "data.dev=null", "model.loss.loss_name=default",
                      "+model.loss.warprnnt_numba_kwargs.fastemit_lambda=0.001", f"run.seed={seeded(1234)}",
-                     f"model.target={target}"]
+                     f"model.target={target}", "model.att_context_probs=null"]
         torch.manual_seed(seeded(0))
         model = build_model(load_config(DEMO_RECIPE, overrides), log=lambda _: None)
         if target == RNNT:  # the demo recipe's CTC head is the hybrid class's only
