@@ -51,7 +51,13 @@ def run_tier(tier: str, marker: str, env: dict, coverage_dir: Path | None = None
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, f"--junitxml={junit}"]
         if coverage_dir is not None:
-            cmd += ["--cov=streamtune", f"--cov-report=json:{coverage_dir / 'coverage.json'}",
+            # Entry points run as subprocesses too (console commands, SIGTERM resume, DDP): coverage's own
+            # subprocess patch measures them, writing beside an absolute data file whatever their cwd; a process
+            # killed with SIGKILL records nothing, which only under-counts the second tier.
+            rc = coverage_dir / "coveragerc"
+            rc.write_text(f"[run]\nsource = streamtune\nparallel = true\nsigterm = true\npatch = subprocess\n"
+                          f"data_file = {coverage_dir / '.coverage'}\n")
+            cmd += ["--cov=streamtune", f"--cov-config={rc}", f"--cov-report=json:{coverage_dir / 'coverage.json'}",
                     "--cov-report=term:skip-covered"]
         with Watch() as watch:
             proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
@@ -94,7 +100,9 @@ def timing_section(runs: list[TierRun]) -> str:
     total = sum(r.wall_s for r in runs)
     out = [f"`python bench/suite.py{' --coverage' if runs[0].coverage else ''} --write`: each tier alone, as "
            f"`make test` / `make test-e2e` run it (setup done); other processes used "
-           f"{max(r.others for r in runs):.2f} cores at most. Both tiers: {total / 60:.1f} min.", "", *lines]
+           f"{max(r.others for r in runs):.2f} cores at most. Both tiers: {total / 60:.1f} min"
+           + (" (with coverage.py tracing every line, subprocesses included: without it the suite is faster; the "
+              "matrix below times it plain)." if runs[0].coverage else "."), "", *lines]
     if runs[0].coverage:
         both, only_second = combined_percent(runs)
         out += ["", f"Line coverage of `streamtune/` (pytest-cov): fast tier {_percent(runs[0].coverage):.1f} %, "
