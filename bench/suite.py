@@ -53,9 +53,10 @@ def run_tier(tier: str, marker: str, env: dict, coverage_dir: Path | None = None
         if coverage_dir is not None:
             # Entry points run as subprocesses too (console commands, SIGTERM resume, DDP): coverage's own
             # subprocess patch measures them, writing beside an absolute data file whatever their cwd; a process
-            # killed with SIGKILL records nothing, which only under-counts the second tier.
+            # killed with SIGKILL records nothing, which only under-counts the second tier. No `sigterm = true`:
+            # coverage's handler ends the process, and the pre-emption callback chains to the handler it found.
             rc = coverage_dir / "coveragerc"
-            rc.write_text(f"[run]\nsource = streamtune\nparallel = true\nsigterm = true\npatch = subprocess\n"
+            rc.write_text(f"[run]\nsource = streamtune\nparallel = true\npatch = subprocess\n"
                           f"data_file = {coverage_dir / '.coverage'}\n")
             cmd += ["--cov=streamtune", f"--cov-config={rc}", f"--cov-report=json:{coverage_dir / 'coverage.json'}",
                     "--cov-report=term:skip-covered"]
