@@ -16,28 +16,42 @@ from tests.helpers import DEMO_RECIPE, script_model, seeded, tokenizer_from_text
 FAST = ["eval.latency_streams=[1]", "eval.latency_audio_s=1"]
 
 
-def _save_model(tiny_overrides, path: Path, blank_only: bool = False) -> Path:
+def _save_model(tiny_overrides, path: Path, blank_bias: float = 0.0, word_piece: bool = False) -> Path:
+    """An untrained model; ``blank_bias`` +1e4: the blank wins every frame (never a token); -1e4: it never wins
+    (max_symbols tokens at every frame); ``word_piece``: one word-starting piece wins every time as well."""
     from streamtune.config import load_config
     from streamtune.models import build_model
 
     torch.manual_seed(seeded(0))
     model = build_model(load_config(DEMO_RECIPE, tiny_overrides)).eval()
-    if blank_only:  # the blank logit wins every frame: the model never emits a token
-        with torch.no_grad():
-            model.joint.joint_net[-1].bias[model.decoder.blank_idx] = 1e4
+    with torch.no_grad():
+        bias = model.joint.joint_net[-1].bias
+        bias[model.decoder.blank_idx] += blank_bias
+        if word_piece:
+            pieces = [model.tokenizer.ids_to_tokens([i])[0] for i in range(model.tokenizer.vocab_size)]
+            bias[next(i for i, p in enumerate(pieces) if p.startswith("▁") and p[1:].isalpha())] += 1e4
     model.save_to(str(path))
     return path
 
 
 @pytest.fixture(scope="module")
-def random_nemo(tiny_overrides, tmp_path_factory) -> Path:
-    """Untrained: emits many random tokens, so every comparison below compares real hypotheses."""
-    return _save_model(tiny_overrides, tmp_path_factory.mktemp("models") / "random.nemo")
+def blank_nemo(tiny_overrides, tmp_path_factory) -> Path:
+    """Never emits a token: WER exactly 100 % (all deletions)."""
+    return _save_model(tiny_overrides, tmp_path_factory.mktemp("models") / "blank.nemo", blank_bias=1e4)
 
 
 @pytest.fixture(scope="module")
-def blank_nemo(tiny_overrides, tmp_path_factory) -> Path:
-    return _save_model(tiny_overrides, tmp_path_factory.mktemp("models") / "blank.nemo", blank_only=True)
+def chatty_nemo(tiny_overrides, tmp_path_factory) -> Path:
+    """Untrained and the blank never wins: max_symbols tokens at every frame whatever the seed, chosen by the
+    random weights (an untrained model's own output may be nearly all blanks, depending on the seed)."""
+    return _save_model(tiny_overrides, tmp_path_factory.mktemp("models") / "chatty.nemo", blank_bias=-1e4)
+
+
+@pytest.fixture(scope="module")
+def inserting_nemo(tiny_overrides, tmp_path_factory) -> Path:
+    """Writes one word max_symbols times at every frame: WER far above 100 % on any utterance of a few words."""
+    return _save_model(tiny_overrides, tmp_path_factory.mktemp("models") / "inserting.nemo", blank_bias=-1e4,
+                       word_piece=True)
 
 
 def _evaluate(*args: str) -> int:
@@ -71,7 +85,7 @@ def _other_format_sets(corpus: Path, root: Path) -> tuple[Path, Path]:
     return manifest, folder
 
 
-def test_every_model_test_set_and_chunk_mode_reported(trained_run, random_nemo, corpus, timed_corpus, tiny_overrides,
+def test_every_model_test_set_and_chunk_mode_reported(trained_run, chatty_nemo, corpus, timed_corpus, tiny_overrides,
                                                       tmp_path):
     import jsonschema
     from PIL import Image
@@ -80,7 +94,7 @@ def test_every_model_test_set_and_chunk_mode_reported(trained_run, random_nemo, 
 
     manifest, folder = _other_format_sets(corpus, tmp_path)
     out = tmp_path / "eval"
-    rc = _evaluate("--model", f"tuned={trained_run / 'final.nemo'}", "--model", f"random={random_nemo}",
+    rc = _evaluate("--model", f"tuned={trained_run / 'final.nemo'}", "--model", f"random={chatty_nemo}",
                    "--cuts", str(corpus / "cuts_test.jsonl.gz"), "--cuts",
                    f"timed={timed_corpus / 'cuts_test.jsonl.gz'}",
                    "--cuts", f"manifest={manifest}", "--cuts", str(folder), "--out", str(out), *tiny_overrides)
@@ -109,7 +123,7 @@ def test_every_model_test_set_and_chunk_mode_reported(trained_run, random_nemo, 
     assert all(e["equal"] for e in payload["streaming_equals_offline"])
     assert by["random", "cuts_test", 560, "streaming"]["wer"] > 0.5, "an untrained model must score badly"
 
-    # Emission delay only where the references carry word timings; the untrained model emits plenty to align.
+    # Emission delay only where the references carry word timings; the chatty model writes words to align.
     delays = {(e["model"], e["test_set"], e["chunk_ms"]): e for e in payload["emission_delay"]}
     assert set(delays) == {(m, "timed", c) for m in ("tuned", "random") for c in (1120, 560, 160, 80)}
     assert all(delays["random", "timed", c]["aligned_words"] > 0 for c in (1120, 560, 160, 80))
@@ -146,14 +160,14 @@ def test_schema_check_can_fail(tmp_path):
         jsonschema.validate(good_row, schema["properties"]["results"]["items"])
 
 
-def test_results_identical_at_batch_sizes_1_and_8(random_nemo, corpus, timed_corpus, tiny_overrides, tmp_path):
+def test_results_identical_at_batch_sizes_1_and_8(chatty_nemo, corpus, timed_corpus, tiny_overrides, tmp_path):
     """NeMo's cache-aware script changes WER with the batch size (NVIDIA-NeMo/Speech#12840); ours must not: every
     row of hyps.jsonl, every score and every emission delay the same one stream at a time as eight together, at
     the longest and the shortest chunk (the runner itself at 1, 3 and 8: tests/test_streaming.py)."""
     outputs = {}
     for bs in (1, 8):
         out = tmp_path / f"bs{bs}"
-        assert _evaluate("--model", str(random_nemo), "--cuts", str(corpus / "cuts_test.jsonl.gz"),
+        assert _evaluate("--model", str(chatty_nemo), "--cuts", str(corpus / "cuts_test.jsonl.gz"),
                          "--cuts", str(timed_corpus / "cuts_test.jsonl.gz"), "--out", str(out), *tiny_overrides,
                          *FAST, f"eval.batch_size={bs}", "eval.chunk_ms=[1120,80]") == 0
         payload = json.loads((out / "results.json").read_text())
@@ -167,7 +181,7 @@ def test_results_identical_at_batch_sizes_1_and_8(random_nemo, corpus, timed_cor
     assert outputs[1] == outputs[8]
 
 
-def test_gates_exit_nonzero_when_crossed(trained_run, random_nemo, blank_nemo, corpus, tiny_overrides, tmp_path):
+def test_gates_exit_nonzero_when_crossed(trained_run, inserting_nemo, blank_nemo, corpus, tiny_overrides, tmp_path):
     cuts = str(corpus / "cuts_test.jsonl.gz")
     quick = [*tiny_overrides, *FAST, "eval.chunk_ms=[560]", "eval.decodes=[streaming]"]
     # --max-wer: the 6-step model is far above 1 % WER; nowhere near 10000 %.
@@ -178,9 +192,9 @@ def test_gates_exit_nonzero_when_crossed(trained_run, random_nemo, blank_nemo, c
     assert _evaluate("--model", str(trained_run / "final.nemo"), "--cuts", cuts, "--out", str(tmp_path / "c"),
                      *quick, "eval.max_wer=1") == 1  # the recipe's gate works too
 
-    # --max-regression: the never-emitting model scores exactly 100 % (all deletions); the random one more.
+    # --max-regression: the never-emitting model scores exactly 100 % (all deletions); the inserting one more.
     out = tmp_path / "regress"
-    assert _evaluate("--baseline", "--model", f"base={blank_nemo}", "--model", f"tuned={random_nemo}",
+    assert _evaluate("--baseline", "--model", f"base={blank_nemo}", "--model", f"tuned={inserting_nemo}",
                      "--cuts", cuts, "--out", str(out), *quick, "--max-regression", "5") == 1
     payload = json.loads((out / "results.json").read_text())
     (delta,) = payload["comparison"]["deltas"]
@@ -190,27 +204,27 @@ def test_gates_exit_nonzero_when_crossed(trained_run, random_nemo, blank_nemo, c
     assert "REGRESSION" in (out / "results.md").read_text()
     # The other way round it is an improvement: the gate passes even at zero tolerance, no max-wer on the baseline.
     out = tmp_path / "improve"
-    assert _evaluate("--baseline", "--model", f"base={random_nemo}", "--model", f"tuned={blank_nemo}",
+    assert _evaluate("--baseline", "--model", f"base={inserting_nemo}", "--model", f"tuned={blank_nemo}",
                      "--cuts", cuts, "--out", str(out), *quick, "--max-regression", "0", "--max-wer", "100") == 0
     (delta,) = json.loads((out / "results.json").read_text())["comparison"]["deltas"]
     assert delta["delta_points"] < -5 and not delta["regression"]
 
 
-def test_bad_inputs_are_one_clear_error(random_nemo, corpus, tiny_overrides, tmp_path, capsys):
+def test_bad_inputs_are_one_clear_error(chatty_nemo, corpus, tiny_overrides, tmp_path, capsys):
     cuts = str(corpus / "cuts_test.jsonl.gz")
     assert _evaluate("--model", "nope.nemo", *tiny_overrides) == 2
     assert "model 'nope.nemo' does not exist" in capsys.readouterr().err
-    assert _evaluate("--model", str(random_nemo), "--cuts", "nope.jsonl.gz", *tiny_overrides) == 2
+    assert _evaluate("--model", str(chatty_nemo), "--cuts", "nope.jsonl.gz", *tiny_overrides) == 2
     assert "test set 'nope.jsonl.gz' does not exist" in capsys.readouterr().err
-    assert _evaluate("--model", str(random_nemo), "--cuts", cuts, "--max-regression", "1", *tiny_overrides) == 2
+    assert _evaluate("--model", str(chatty_nemo), "--cuts", cuts, "--max-regression", "1", *tiny_overrides) == 2
     assert "--max-regression needs a baseline" in capsys.readouterr().err
-    assert _evaluate("--baseline", "--model", str(random_nemo), "--cuts", cuts, *tiny_overrides) == 2
+    assert _evaluate("--baseline", "--model", str(chatty_nemo), "--cuts", cuts, *tiny_overrides) == 2
     assert "at least two --model" in capsys.readouterr().err
     bad = tmp_path / "x.jsonl"
     bad.write_text('{"hello": 1}\n')
-    assert _evaluate("--model", str(random_nemo), "--cuts", str(bad), *tiny_overrides) == 2
+    assert _evaluate("--model", str(chatty_nemo), "--cuts", str(bad), *tiny_overrides) == 2
     assert "neither 'audio_filepath'" in capsys.readouterr().err
-    assert _evaluate("--model", str(random_nemo), "--cuts", cuts, "eval.mmap_threshold_mib=64", *tiny_overrides) == 2
+    assert _evaluate("--model", str(chatty_nemo), "--cuts", cuts, "eval.mmap_threshold_mib=64", *tiny_overrides) == 2
     assert "eval.mmap_threshold_mib must be 0 (glibc's default) to 32" in capsys.readouterr().err
 
 
