@@ -199,16 +199,26 @@ class _Tally:
 
     scores: Scores = field(default_factory=Scores.zero)
     utts: int = 0
-    audio_s: float = 0.0
+    audio_us: int = 0
     decode_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_us / 1e6
 
     def add(self, total: Scores, batch: list[Utterance], decode_s: float, step_s: list[float]) -> None:
         self.scores += total
         self.utts += len(batch)
-        self.audio_s += sum(u.duration_s for u in batch)
+        self.audio_us += audio_us(batch)
         self.decode_s += decode_s
         self.step_s += step_s
+
+
+def audio_us(batch: list[Utterance]) -> int:
+    """The batch's audio in whole microseconds: summed as integers, a test set's total does not depend on the
+    order its batches come in (float sums do, in the last digit, and the order follows the batch size)."""
+    return sum(round(u.duration_s * 1e6) for u in batch)
 
 
 def _hyp_row(label: str, test_set: str, utt: Utterance, mode: ChunkMode, decode: str, decoding: str, hyp: str,
@@ -284,13 +294,15 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
         delays = {mode.chunk_ms: EmissionDelays() for mode in modes}
         differing = {mode.chunk_ms: 0 for mode in modes}
         stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True, "word_extras_failed": 0}
+        set_us = 0
         batches = progress(utterance_batches(ts.cuts, runner.batch_size), f"[{label}] {ts.name}", unit="batch")
         for batch in batches:
             feats = [runner.features(u.audio) for u in batch]
             for u in batch:
                 u.audio = None  # the features are all decoding needs
             stat["utts"] += len(batch)
-            stat["audio_s"] += sum(u.duration_s for u in batch)
+            set_us += audio_us(batch)
+            stat["audio_s"] = set_us / 1e6
             stat["word_timings"] &= all(u.words for u in batch)
             for mode in modes:
                 tokens = {}

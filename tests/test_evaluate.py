@@ -163,7 +163,8 @@ def test_schema_check_can_fail(tmp_path):
 def test_results_identical_at_batch_sizes_1_and_8(chatty_nemo, corpus, timed_corpus, tiny_overrides, tmp_path):
     """NeMo's cache-aware script changes WER with the batch size (NVIDIA-NeMo/Speech#12840); ours must not: every
     row of hyps.jsonl, every score and every emission delay the same one stream at a time as eight together, at
-    the longest and the shortest chunk (the runner itself at 1, 3 and 8: tests/test_streaming.py)."""
+    the longest and the shortest chunk (the runner itself at 1, 3 and 8: tests/test_streaming.py). Scores
+    included: a test set's audio seconds once differed in the last digit (a float sum in batch order)."""
     outputs = {}
     for bs in (1, 8):
         out = tmp_path / f"bs{bs}"
@@ -176,7 +177,7 @@ def test_results_identical_at_batch_sizes_1_and_8(chatty_nemo, corpus, timed_cor
                       key=lambda r: (r["model"], r["test_set"], r["id"], r["chunk_ms"], r["decode"]))
         scores = [{k: v for k, v in r.items() if k not in ("decode_s", "rtfx", "streams", "step_ms_p50",
                                                               "step_ms_p95")} for r in payload["results"]]
-        outputs[bs] = (rows, scores, payload["emission_delay"])
+        outputs[bs] = (rows, scores, payload["emission_delay"], payload["test_sets"])
     assert sum(len(r["tokens"]) for r in outputs[1][0]) > 50, "the check needs hypotheses with tokens"
     assert outputs[1] == outputs[8]
 
