@@ -78,11 +78,11 @@ def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_pa
 
 def _ddp_overrides(tiny_overrides, tmp_path) -> list[str]:
     base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
-    # No buckets: the 48 short cuts make buckets of a few distinct cuts, and the training stream repeats forever,
-    # so one bucket can hand both ranks the same batch at one step (seen with STREAMTUNE_TEST_SEED=1). Without
-    # buckets a batch is ~10 cuts drawn from all 48: two equal batches in eight draws are vanishingly unlikely.
+    # Batches of at most 6 s: the eight batches (4 steps x 2 ranks) take at most 48 s of the corpus' ~80 s, so no
+    # rank reaches the end of an epoch, where Lhotse gives every rank a copy of a cut left over when fewer remain
+    # than ranks (with 20 s batches both ranks trained on one such copy at step 3: STREAMTUNE_TEST_SEED=1).
     return [*base, "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
-            "trainer.num_threads=1", "data.num_buckets=0", f"run.output_dir={tmp_path}"]
+            "trainer.num_threads=1", "data.batch_duration_s=6", f"run.output_dir={tmp_path}"]
 
 
 def _check_ddp(result, tmp_path) -> Path:
