@@ -150,7 +150,7 @@ def demo_inputs(args) -> tuple[Path, list]:
     """(the demo model's path, its test utterances), torch set to ``--threads``; both must exist."""
     import torch
 
-    from streamtune.data import load_utterances
+    from streamtune.data.reading import load_utterances
 
     torch.set_num_threads(args.threads)
     repo = Path(__file__).resolve().parent.parent

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from lhotse import CutSet
 
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.data.synthetic import prepare_synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -3,7 +3,7 @@
     python bench/decoding.py [--write] [--beams 4 8] [--demo-model outputs/demo/runs/tiny_cpu/latest/final.nemo]
 
 Every search decodes the demo test set in every chunk mode, streaming (cache-aware; a beam search runs once over
-the streamed encoder output at the end of each utterance, see streamtune/decoding.py) and offline, through the
+the streamed encoder output at the end of each utterance, see streamtune/streaming/decoding.py) and offline, through the
 same StreamingRunner evaluate.py uses; features are computed once and excluded from the timing. RTFx = seconds of
 audio per second of decoding (encoder + search). Decodes alternate between searches against drift; each is
 timed twice and the faster kept; a measurement disturbed by other processes is redone.
@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     add_demo_args(parser)
     args = parser.parse_args(argv)
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.decoding import Decoding
-    from streamtune.metrics import corpus_scores
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.evaluation.metrics import corpus_scores
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.decoding import Decoding
+    from streamtune.streaming.runner import StreamingRunner
 
     model_path, utts = demo_inputs(args)
     model = load_model(model_path)

@@ -5,7 +5,7 @@
 Generates one test set (espeak-ng, the demo's words, 2–5 words per utterance) and evaluates the demo model
 (``make demo`` first) on its first 100 and on all 1,000 utterances, every chunk mode, streaming and offline,
 each run ``python evaluate.py`` in a fresh process. Peak RSS is the process's own high-water mark. Scoring time
-is what the real ``streamtune.metrics.corpus_scores`` took (timed through a wrapper around it in the child),
+is what the real ``streamtune.evaluation.metrics.corpus_scores`` took (timed through a wrapper around it in the child),
 against the whole ``evaluate.main``.
 """
 
@@ -27,7 +27,7 @@ DATA = REPO / "outputs/bench/eval_scale"
 
 _CHILD = """
 import json, resource, sys, time
-import streamtune.evaluation as evaluation
+import streamtune.evaluation.scoring as evaluation
 scoring = [0.0]
 real = evaluation.corpus_scores
 def timed(*args, **kwargs):

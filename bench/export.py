@@ -19,7 +19,7 @@ session's ``run`` are wrapped with a timer. Repetitions rotate the order of the 
 used more than 0.3 cores is redone (at most twice) after waiting for them.
 
 Models: (a) the demo model on the whole demo test set, every chunk mode (WER of fp32 vs int8 ONNX from the same
-runs); (b) the target's full geometry (24 layers, d_model 1024, 128 mels; ``streamtune.geometry.FULL`` on the demo
+runs); (b) the target's full geometry (24 layers, d_model 1024, 128 mels; ``bench.geometry.FULL`` on the demo
 recipe, demo tokenizer) with random weights, on demo test utterances concatenated into one stream. A random-weight
 joint makes greedy RNN-T emit up to ``max_symbols`` tokens on every frame, so its decoding cost is inflated far
 beyond a trained model's; the encoder-only columns are the numbers that carry over to a trained model.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from bench import OTHERS_LIMIT, Watch, add_model_args, cpu_ticks, other_benches, others_seconds, publish, wait_quiet  # noqa: E402
 from bench.export_report import SIDES, findings, report  # noqa: E402
 from bench.full_model import build_full  # noqa: E402
-from streamtune.chunks import mode_by_ms  # noqa: E402
+from streamtune.model.chunks import mode_by_ms  # noqa: E402
 
 RECIPE = REPO / "recipes/demo/tiny_cpu.yaml"
 DATA = REPO / "outputs/demo/data"
@@ -88,7 +88,7 @@ def _failure(err: BaseException) -> str:
 
 def export_both(model, mode, root: Path, log) -> dict:
     """fp32 (``export_mode``) and int8 (``quantize_dir``) directories for one mode, with what went wrong."""
-    from streamtune.stages.export.onnx_export import export_mode, quantize_dir
+    from streamtune.export.onnx_export import export_mode, quantize_dir
 
     fp32, int8 = root / f"{mode.chunk_ms}ms", root / f"{mode.chunk_ms}ms-int8"
     info = {"fp32": fp32, "int8": int8, "quantize_error": None}
@@ -113,8 +113,8 @@ def export_both(model, mode, root: Path, log) -> dict:
 def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int, reps: int, quiet_wait: float,
             log) -> dict:
     """Interleaved repetitions of the three sides on ``feats``; per side the tokens and median times."""
-    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
-    from streamtune.streaming import StreamingRunner
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.streaming.runner import StreamingRunner
 
     runner = StreamingRunner(model, batch_size=1, feeding="export")
     feats_np = [f.numpy() for f in feats]
@@ -184,7 +184,7 @@ def measure(model, mode, feats: list, info: dict, threads: int, max_symbols: int
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
-    from streamtune.metrics import corpus_errors
+    from streamtune.evaluation.metrics import corpus_errors
 
     return corpus_errors(refs, hyps)[0].wer
 
@@ -193,7 +193,7 @@ def wer(refs: list[str], hyps: list[str]) -> float:
 def bench_model(name: str, model, utts: list, refs: list[str] | None, modes_ms: list[int], reps: int, threads: int,
                 root: Path, quiet_wait: float, log) -> list[dict]:
     """Export, quantise and time every mode of one model; WER per side when ``refs`` are given."""
-    from streamtune.streaming import StreamingRunner
+    from streamtune.streaming.runner import StreamingRunner
 
     max_symbols = int(model.cfg.decoding.get("greedy", {}).get("max_symbols", 10) or 10)
     export_fed = StreamingRunner(model, batch_size=1, feeding="export")
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     log(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}; {args.threads} threads")
     for b in benches_before:
         log(f"  WARNING: another benchmark is running: {b}")
-    from streamtune.data import load_utterances
-    from streamtune.models import load_model
+    from streamtune.data.reading import load_utterances
+    from streamtune.model.build import load_model
 
     test = load_utterances(cuts)
     demo_utts = test[:15] if args.quick else test
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
            " per utterance); \"encoder\" is the part of it inside `encoder.cache_aware_stream_step` (PyTorch) or the "
            "encoder session's `run` (ORT); the rest is greedy RNN-T (NeMo greedy_batch on PyTorch, the Python loop "
            "over decoder/joiner sessions on ORT) and bookkeeping. RTFx = audio seconds / compute seconds (silence "
-           "padding not counted as audio). WER: `streamtune.metrics.corpus_errors` (Whisper-normalised) over the "
+           "padding not counted as audio). WER: `streamtune.evaluation.metrics.corpus_errors` (Whisper-normalised) over the "
            "same utterances, from the timed runs' tokens (every repetition gave the same tokens unless noted).")
     changed = [f"{r['model']} {r['ms']} ms {side}" for r in rows for side, n in r["res"]["changed"].items() if n]
     if changed:

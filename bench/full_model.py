@@ -1,4 +1,4 @@
-"""The target's full geometry (``streamtune.geometry.FULL``) with random weights, for cost measurements."""
+"""The target's full geometry (``bench.geometry.FULL``) with random weights, for cost measurements."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def build_full(tokenizer_dir: Path, layers: int = 24):
     """The full geometry (``layers`` encoder layers), random weights (seed 0), the given tokenizer; eval mode."""
     import torch
 
-    from streamtune.config import load_config
-    from streamtune.geometry import FULL, with_layers
-    from streamtune.models import build_model
+    from bench.geometry import FULL, with_layers
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     torch.manual_seed(0)
     cfg = load_config(str(RECIPE), [*with_layers(FULL, layers), "data.train=null", "data.dev=null",

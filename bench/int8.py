@@ -2,7 +2,7 @@
 
     python bench/int8.py [--write] [--demo-model outputs/demo/runs/tiny_cpu/latest/final.nemo]
 
-Runs export's ONNX step (streamtune/stages/export/onnx_check.py) on the demo test set with every variant of
+Runs export's ONNX step (streamtune/export/onnx_check.py) on the demo test set with every variant of
 ``export.int8_variants`` into a scratch dir: each chunk mode exported, decoded by ONNX Runtime in fp32 and by
 every int8 variant (one thread, one stream at a time, the export feeding), WER against the references. The
 variant with the smallest worst-mode WER rise is the one ``export`` keeps.
@@ -26,11 +26,12 @@ def main(argv=None) -> int:
     add_demo_args(parser)
     args = parser.parse_args(argv)
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.config import ExportConfig
-    from streamtune.metrics import normalise
-    from streamtune.models import load_model
-    from streamtune.stages.export.onnx_check import check_onnx
+    from streamtune.config.schema import ExportConfig
+
+    from streamtune.evaluation.metrics import normalise
+    from streamtune.export.onnx_check import check_onnx
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
 
     model_path, utts = demo_inputs(args)
     model = load_model(model_path)
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     how = ("ΔWER = int8 WER − fp32 WER in points, both ONNX Runtime greedy with the export feeding (each chunk's "
            "features cut from the whole utterance's, as export's parity gate feeds them), so the fp32 row can differ "
            "from evaluate's exact-streaming WER of the same model. decode s = ONNX Runtime time for the "
-           f"{len(utts)} utterances in that mode. Variants (streamtune/stages/export/onnx_export.py): "
+           f"{len(utts)} utterances in that mode. Variants (streamtune/export/onnx_export.py): "
            "dynamic = every graph, "
            "int8 weights per tensor, activations quantised on the fly; -per-channel = one scale per output channel; "
            "encoder- = decoder and joiner stay fp32; matmul = only the encoder's MatMuls (convolutions and "

@@ -86,11 +86,11 @@ def main(argv=None) -> int:
     add_demo_args(parser)
     args = parser.parse_args(argv)
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.metrics import corpus_scores
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
-    from streamtune.text import normalise_text
+    from streamtune.data.text import normalise_text
+    from streamtune.evaluation.metrics import corpus_scores
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.runner import StreamingRunner
 
     model_path, utts = demo_inputs(args)
     files = [u.source for u in utts]

@@ -53,7 +53,7 @@ def child(loss_name: str, shape: list[int], threads: int, reps: int) -> None:
             torch.log_softmax(logits, dim=-1)
     else:
         if loss_name == "streamtune":
-            from streamtune.losses import register
+            from streamtune.ops.rnnt_loss import register
 
             register()
         from nemo.collections.asr.losses.rnnt import RNNTLoss

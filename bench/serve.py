@@ -124,8 +124,8 @@ def load_level(url: str, pid: int, utterances, clients: int, window_s: float) ->
 
 def offline_capacity(model, chunk_ms: int, feats, limit: int) -> int:
     """The most streams whose batched step keeps p95 <= the chunk (doubling), the runner alone."""
-    from streamtune.chunks import mode_by_ms
-    from streamtune.streaming import StreamingRunner
+    from streamtune.model.chunks import mode_by_ms
+    from streamtune.streaming.runner import StreamingRunner
 
     mode = mode_by_ms(model, chunk_ms)
     best, n = 0, 1
@@ -145,8 +145,8 @@ def serve_full(port: int, chunk_ms: int) -> None:
     from aiohttp import web
 
     from bench.full_model import build_full, random_tokenizer, silence_joint
-    from streamtune.chunks import mode_by_ms
-    from streamtune.stages.export.serve import StreamServer
+    from streamtune.model.chunks import mode_by_ms
+    from streamtune.serve.server import StreamServer
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_full(random_tokenizer(Path(tmp)))
@@ -175,9 +175,9 @@ def main(argv=None) -> int:
     import torch
 
     from bench import publish, wait_quiet
-    from streamtune.data import load_utterances
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.model.build import load_model
+    from streamtune.streaming.runner import StreamingRunner
 
     torch.set_num_threads(args.threads)
     bundle, cuts = REPO / args.bundle, REPO / args.cuts

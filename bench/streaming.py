@@ -3,7 +3,7 @@
     python bench/streaming.py [--demo-model PATH] [--full/--no-full] [--quick] [--threads N] [--quiet-wait S] [--write]
 
 Two models, measured in one run: the demo model (``--demo-model``, a trained ``.nemo``) and, with ``--full`` (the
-default), the target's full geometry (``streamtune.geometry.FULL``) with random weights and a 1024-piece
+default), the target's full geometry (``bench.geometry.FULL``) with random weights and a 1024-piece
 SentencePiece vocabulary trained on seeded random letter strings (only its size matters for cost); its blank logit
 is raised so that greedy decoding emits almost no tokens (a random joint would emit max_symbols tokens on every
 frame), which makes its decoding time a lower bound. Input is real speech-like audio: the demo test utterances
@@ -47,7 +47,7 @@ from bench import Guard, add_model_args, cpu_ticks, others_seconds, publish, run
 from bench.buffered import buffer_decoding, buffered, buffered_window, silence_level  # noqa: E402
 from bench.full_model import build_full, random_tokenizer, silence_joint  # noqa: E402
 from bench.streaming_report import report  # noqa: E402
-from streamtune.chunks import att_context, mode_by_ms  # noqa: E402
+from streamtune.model.chunks import att_context, mode_by_ms  # noqa: E402
 
 DATA = REPO / "outputs/demo/data"
 TITLE = "Streaming: cache-aware vs buffered"
@@ -90,7 +90,7 @@ class Speech:
     """The demo test utterances concatenated; stream ``i`` starts at a different offset and wraps around."""
 
     def __init__(self, cuts: Path):
-        from streamtune.data import SAMPLE_RATE, load_utterances
+        from streamtune.data.reading import SAMPLE_RATE, load_utterances
 
         self.utts = load_utterances(cuts)
         self.audio = np.concatenate([u.audio for u in self.utts])
@@ -111,7 +111,7 @@ class Speech:
 def cache_aware(model, mode, feats: list, step_times: list, max_steps: int = 0, give_up=None):
     """``StreamingRunner.streaming`` on ``feats`` as one batch of streams, each step's ``(encoder_s, decoder_s)``
     appended to ``step_times`` by the runner's hook; ``max_steps`` / ``give_up(step_times)`` end it early."""
-    from streamtune.streaming import StreamingRunner
+    from streamtune.streaming.runner import StreamingRunner
 
     def on_step(timing) -> bool:
         step_times.append((timing.encoder_s, timing.decoder_s))
@@ -190,7 +190,7 @@ def sanity(model, runner, speech, ms: int, max_utts: int = 20) -> dict:
     """Both sides decode: WER of cache-aware streaming (the runner) and of buffered, one utterance at a time."""
     import torch
 
-    from streamtune.metrics import ErrorCounts, word_errors
+    from streamtune.evaluation.metrics import ErrorCounts, word_errors
 
     mode = mode_by_ms(model, ms)
     utts = speech.utts[:max_utts]
@@ -313,8 +313,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.model.build import load_model
+    from streamtune.streaming.runner import StreamingRunner
 
     torch.set_num_threads(args.threads)
     ticks_before, wall = cpu_ticks(), time.perf_counter()

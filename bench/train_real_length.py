@@ -93,16 +93,16 @@ def split_one_batch(threads: int, fused: bool = True) -> tuple[dict[str, float],
     """Encoder / prediction net + joint / loss, forward and backward, on one long batch from the median bucket,
     and the training-batch WER decode NeMo runs at each logging step.
 
-    ``fused``: the joint's hidden layer as training runs it (``streamtune.joint``), else NeMo's own code.
+    ``fused``: the joint's hidden layer as training runs it (``streamtune.ops.joint``), else NeMo's own code.
     """
     import time
 
     import torch
     from lhotse import CutSet
 
-    from streamtune.joint import use_fast_joint
-    from streamtune.losses import register
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
+    from streamtune.ops.joint import use_fast_joint
+    from streamtune.ops.rnnt_loss import register
 
     torch.set_num_threads(threads)
     register()
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         "",
         f"One long batch ({batch_audio_s:.1f} s of audio, joint {shape}), where the time of a step goes "
         "(last of 3 repetitions; optimiser step not included), with the joint's hidden layer as training runs it "
-        "(`streamtune/joint.py`: relu and dropout fused on CPU) and as NeMo computes it (the same model, the same "
+        "(`streamtune/ops/joint.py`: relu and dropout fused on CPU) and as NeMo computes it (the same model, the same "
         "batch, side by side in one run):",
         "",
         "| part | ms | share | ms, NeMo's joint |",

@@ -12,7 +12,7 @@ with validation off (``data.dev=null``) and W&B disabled, in a scratch run dir;
 ``pl.Trainer(...).fit(model)`` with the same precision, clipping and
 accumulation and nothing else (no logger, checkpoints or progress bar). Both
 sides compute the joint the way train.py does (on CPU its relu + dropout fused,
-``streamtune/joint.py``), so the ratio is the cost of the harness alone.
+``streamtune/ops/joint.py``), so the ratio is the cost of the harness alone.
 
 Every run is a fresh process. One timing callback, the same on both sides,
 times the steps after ``--warmup`` (end of the last warm-up step to end of the
@@ -90,16 +90,16 @@ def timer_callback(warmup: int, steps: int, sample_rate: int):
 
 def child(side: str, overrides: list[str], warmup: int) -> None:
     """One run in this (fresh) process; prints ``RESULT {json}``."""
-    from streamtune.config import load_config
+    from streamtune.config.loading import load_config
 
     cfg = load_config(RECIPE, overrides)
     timer = timer_callback(warmup, cfg.trainer.max_steps - warmup, cfg.model.sample_rate)
     if side in ("ours", "ours-nosync"):
-        import streamtune.training
-        from streamtune.callbacks import SkipNonFinite, Throughput
+        import streamtune.training.trainer
         from streamtune.stages import train
+        from streamtune.training.callbacks import SkipNonFinite, Throughput
 
-        build_trainer = streamtune.training.build_trainer
+        build_trainer = streamtune.training.trainer.build_trainer
 
         def with_timer(*args, **kwargs):
             trainer = build_trainer(*args, **kwargs)
@@ -108,15 +108,15 @@ def child(side: str, overrides: list[str], warmup: int) -> None:
             trainer.callbacks.append(timer)
             return trainer
 
-        streamtune.training.build_trainer = with_timer
+        streamtune.training.trainer.build_trainer = with_timer
         assert train.main(["--config", RECIPE, *overrides]) == 0
     else:
         import lightning.pytorch as pl
         import torch
 
-        from streamtune.joint import use_fast_joint
-        from streamtune.losses import register
-        from streamtune.model_config import model_class, nemo_model_config
+        from streamtune.model.nemo_config import model_class, nemo_model_config
+        from streamtune.ops.joint import use_fast_joint
+        from streamtune.ops.rnnt_loss import register
 
         register()  # the recipe's model.loss.loss_name may be streamtune's
 
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     else:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     if args.full:
-        from streamtune.geometry import FULL
+        from bench.geometry import FULL
 
         overrides += [*FULL, "model.loss.loss_name=default"]
     overrides += args.overrides
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     if args.find_max_batch:
         table += ["", "| data.batch_duration_s (data.batch_size=null) | steps/s | audio s/s | GPU peak (MiB) |",
                   "|---|---|---|---|"]
-        from streamtune.config import load_config
+        from streamtune.config.loading import load_config
 
         size = float(load_config(RECIPE, overrides).data.batch_duration_s)
         largest = None

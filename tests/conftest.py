@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtune.geometry import TINY
+from bench.geometry import TINY
 from tests.helpers import DEMO_RECIPE, SECRET, SEED_OFFSET, TENWORDS, THREADS, cached_build, seeded, value_of
 
 
@@ -51,8 +51,8 @@ def _threads() -> list[str]:
 def corpus(tmp_path_factory) -> Path:
     """48 / 6 / 8 generated utterances of 2-4 words, written as the target model writes (capitals, punctuation,
     digits, [noise] tags), and a 96-piece tokenizer trained on the training split."""
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
-    from streamtune.stages.data_prep.tokenizer import train_tokenizer
+    from streamtune.data.synthetic import prepare_synthetic
+    from streamtune.data.train_tokenizer import train_tokenizer
 
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is not installed: run `make setup` (the test suite generates its speech with it)")
@@ -67,7 +67,7 @@ def lower_cuts(corpus) -> Path:
     """The corpus' training cuts with lower-case, unpunctuated transcripts: data that writes neither."""
     from lhotse import CutSet
 
-    from streamtune.text import normalise_text
+    from streamtune.data.text import normalise_text
 
     cuts = CutSet.from_file(corpus / "cuts_train.jsonl.gz").to_eager()
     for cut in cuts:
@@ -82,7 +82,7 @@ def lower_cuts(corpus) -> Path:
 @pytest.fixture(scope="session")
 def timed_corpus(tmp_path_factory) -> Path:
     """A few utterances spoken word by word, with every word's start and end (for emission delay)."""
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.data.synthetic import prepare_synthetic
 
     root = tmp_path_factory.mktemp("timed")
     prepare_synthetic(root, num_train=0, num_dev=0, num_test=4, seed=seeded(11), min_words=2, max_words=4,
@@ -143,7 +143,7 @@ def trained_run(train_tiny, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(trained_run):
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     return load_model(trained_run / "final.nemo")
 
@@ -163,9 +163,9 @@ def _words_overrides(root: Path) -> list[str]:
 def _build_tenwords(root: Path) -> None:
     """The corpus, its tokenizer, train.py, evaluate.py (into the run's eval/, where package finds results.json)
     and `export all` (the int8 variants are the second tier's: tests/test_export_int8.py)."""
+    from streamtune.data.synthetic import prepare_synthetic
+    from streamtune.data.train_tokenizer import train_tokenizer
     from streamtune.stages import evaluate, train
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
-    from streamtune.stages.data_prep.tokenizer import train_tokenizer
     from streamtune.stages.export.__main__ import main as export
 
     # 20 dev utterances (~70 words; export checks 20): one word moves a WER by ~1.4 points.
@@ -196,7 +196,7 @@ def words_run(words_overrides) -> Path:
 
 @pytest.fixture(scope="session")
 def words_model(words_run):
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     return load_model(words_run / "final.nemo")
 
@@ -219,8 +219,8 @@ def make_base(corpus):
         import torch
         from omegaconf import open_dict
 
-        from streamtune.config import load_config
-        from streamtune.models import build_model
+        from streamtune.config.loading import load_config
+        from streamtune.model.build import build_model
 
         overrides = [*TINY, "model.preprocessor.features=128", f"model.tokenizer_dir={corpus / 'tokenizer'}",
                      f"data.train={corpus / 'cuts_train.jsonl.gz'}", "data.dev=null", "model.loss.loss_name=default",
@@ -245,7 +245,7 @@ def base_nemo(make_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lower_tokenizer(lower_cuts) -> Path:
     """A 48-piece tokenizer that writes lower-case words only: another vocabulary than the corpus'."""
-    from streamtune.stages.data_prep.tokenizer import train_tokenizer
+    from streamtune.data.train_tokenizer import train_tokenizer
 
     return train_tokenizer([lower_cuts], lower_cuts.parent / "tokenizer", vocab_size=48)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamtune.geometry import TINY
+from bench.geometry import TINY
 from tests.helpers import DEMO_RECIPE
 
 RATE = 16000
@@ -19,7 +19,7 @@ def sound(corpus, tmp_path_factory):
     import soundfile as sf
     from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 
-    from streamtune.stages.data_prep.noise import prepare_noise
+    from streamtune.data.noise import prepare_noise
 
     root = tmp_path_factory.mktemp("augment")
     rng = np.random.default_rng(0)
@@ -39,7 +39,7 @@ def sound(corpus, tmp_path_factory):
 
 
 def _config(corpus, root, *overrides):
-    from streamtune.config import load_config
+    from streamtune.config.loading import load_config
 
     return load_config(DEMO_RECIPE, [*TINY, f"model.tokenizer_dir={corpus / 'tokenizer'}",
                                      f"data.train={root / 'cuts.jsonl.gz'}", "data.dev=null", "data.num_buckets=0",
@@ -48,7 +48,7 @@ def _config(corpus, root, *overrides):
 
 def _batches(corpus, root, *overrides, n: int = 4) -> list[np.ndarray]:
     """The audio of the first ``n`` training batches NeMo's loader gives the model, one array per utterance."""
-    from streamtune.models import build_model
+    from streamtune.model.build import build_model
 
     model = build_model(_config(corpus, root, *overrides), log=lambda _: None)
     out = []
@@ -106,7 +106,7 @@ def test_codec_changes_the_audio(corpus, sound):
 
 def test_augment_and_loader_keys_are_checked(corpus, sound):
     from streamtune.errors import UserError
-    from streamtune.models import check_model_config
+    from streamtune.model.build import check_model_config
 
     root, _ = sound
     with pytest.raises(UserError, match=r"unknown config key 'data.augment.noise_snrr'.*Did you mean "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from streamtune.config import load_config, resolved, save_config
+from streamtune.config.loading import load_config, resolved, save_config
 from streamtune.errors import UserError
 from tests.helpers import REPO, one_line_error, run_entry
 

@@ -276,7 +276,7 @@ def test_ratio_split_is_deterministic_and_keeps_speakers_whole(corpus, tmp_path,
 
 
 def test_id_set_is_exact_for_many_ids():
-    from streamtune.stages.data_prep.validate import IdSet
+    from streamtune.data.validate import IdSet
 
     ids = IdSet(capacity=8)
     assert all(ids.add(f"utt-{i}") for i in range(20000))
@@ -286,7 +286,7 @@ def test_id_set_is_exact_for_many_ids():
 
 def test_evaluation_reads_a_shar_dir_like_its_cuts_file(corpus, tmp_path):
     """data.dev / data.test may be Shar dirs: evaluation, parity and per-mode validation read them too."""
-    from streamtune.data import load_utterances
+    from streamtune.data.reading import load_utterances
 
     assert main(["lhotse", "--cuts", str(corpus / "cuts_test.jsonl.gz"), "--out", str(tmp_path), "--split", "test",
                  "--shar", "--shar-shard-size", "3"]) == 0

@@ -19,7 +19,7 @@ from tests.helpers import TENWORDS, seeded, value_of
 
 
 def _plain(word: str) -> str:
-    from streamtune.text import normalise_text
+    from streamtune.data.text import normalise_text
 
     return normalise_text(word, lowercase=True, strip_punctuation=True)
 
@@ -27,21 +27,21 @@ def _plain(word: str) -> str:
 @pytest.fixture(scope="module")
 def tenwords(words_model, words_overrides):
     """The ten-word model and its test set (utterances, features)."""
-    from streamtune.data import load_utterances
+    from streamtune.data.reading import load_utterances
 
     cuts = value_of(words_overrides, "data.test")
     return words_model, load_utterances(cuts), Path(cuts)
 
 
 def _runner(model, decoding=None):
-    from streamtune.streaming import StreamingRunner
+    from streamtune.streaming.runner import StreamingRunner
 
     return StreamingRunner(model, batch_size=4, decoding=decoding)
 
 
 def test_beam_of_one_equals_greedy_token_for_token(tenwords):
-    from streamtune.chunks import chunk_modes
-    from streamtune.decoding import Decoding
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.decoding import Decoding
 
     model, utts, _ = tenwords
     greedy = _runner(model, Decoding("greedy"))
@@ -63,8 +63,8 @@ def test_beam_of_one_equals_greedy_token_for_token(tenwords):
 
 def test_boosting_a_missed_word_makes_it_appear(tenwords):
     """A word the model does not write in an utterance appears there once it is boosted (real decodes)."""
-    from streamtune.chunks import chunk_modes
-    from streamtune.decoding import Decoding
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.decoding import Decoding
 
     model, utts, _ = tenwords
     plain = _runner(model, Decoding("greedy"))
@@ -89,7 +89,7 @@ def test_boosting_a_missed_word_makes_it_appear(tenwords):
 @pytest.fixture(scope="module")
 def timed_tenwords(tmp_path_factory) -> Path:
     """Ten-word sentences spoken word by word, with every word's start and end."""
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.data.synthetic import prepare_synthetic
 
     root = tmp_path_factory.mktemp("timed_tenwords")
     prepare_synthetic(root, num_train=0, num_dev=0, num_test=6, seed=seeded(5), min_words=2, max_words=4,
@@ -102,7 +102,7 @@ NEAR_SHARE = 0.9
 
 
 def test_hyps_carry_word_times_confidence_and_manifests(words_run, timed_tenwords, tmp_path):
-    from streamtune.data import load_utterances
+    from streamtune.data.reading import load_utterances
     from streamtune.stages import evaluate
 
     out = tmp_path / "eval"
@@ -151,7 +151,7 @@ def test_hyps_carry_word_times_confidence_and_manifests(words_run, timed_tenword
 def test_beam_search_through_evaluate_on_written_text(words_run, tenwords, tmp_path):
     """evaluate.py with NeMo's beam search on the model that writes capitals and punctuation: every mode scored,
     streaming giving offline's tokens (the beam runs over the streamed encoder output), scores from its texts."""
-    from streamtune.metrics import corpus_errors
+    from streamtune.evaluation.metrics import corpus_errors
     from streamtune.stages import evaluate
 
     _, utts, cuts = tenwords
@@ -174,7 +174,7 @@ def test_beam_search_through_evaluate_on_written_text(words_run, tenwords, tmp_p
 def test_paired_bootstrap_interval_excludes_zero_only_for_a_real_difference():
     import kaldialign
 
-    from streamtune.stats import paired_bootstrap
+    from streamtune.evaluation.stats import paired_bootstrap
 
     rng = np.random.default_rng(0)
     refs = rng.integers(5, 15, size=200)
@@ -228,7 +228,7 @@ def test_training_curves_from_a_run_dir(trained_run):
 
 
 def test_sherpa_hotwords_change_a_decode(bundle, tenwords):
-    from streamtune.stages.export.sherpa import sherpa_decode
+    from streamtune.export.sherpa import sherpa_decode
 
     _, utts, _ = tenwords
     mode_dir = next(p for p in sorted((bundle / "onnx").iterdir()) if p.name.endswith("ms"))

@@ -19,8 +19,8 @@ FAST = ["eval.latency_streams=[1]", "eval.latency_audio_s=1"]
 def _save_model(tiny_overrides, path: Path, blank_bias: float = 0.0, word_piece: bool = False) -> Path:
     """An untrained model; ``blank_bias`` +1e4: the blank wins every frame (never a token); -1e4: it never wins
     (max_symbols tokens at every frame); ``word_piece``: one word-starting piece wins every time as well."""
-    from streamtune.config import load_config
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     torch.manual_seed(seeded(0))
     model = build_model(load_config(DEMO_RECIPE, tiny_overrides)).eval()
@@ -61,7 +61,7 @@ def _evaluate(*args: str) -> int:
 
 
 def _schema():
-    from streamtune.reports import SCHEMA_PATH
+    from streamtune.evaluation.reports import SCHEMA_PATH
 
     return json.loads(SCHEMA_PATH.read_text())
 
@@ -90,7 +90,7 @@ def test_every_model_test_set_and_chunk_mode_reported(trained_run, chatty_nemo, 
     import jsonschema
     from PIL import Image
 
-    from streamtune.reports import PLOT_DPI, STEP_PLOT_SIZE, WER_PLOT_SIZE
+    from streamtune.evaluation.reports import PLOT_DPI, STEP_PLOT_SIZE, WER_PLOT_SIZE
 
     manifest, folder = _other_format_sets(corpus, tmp_path)
     out = tmp_path / "eval"
@@ -231,9 +231,10 @@ def test_bad_inputs_are_one_clear_error(chatty_nemo, corpus, tiny_overrides, tmp
 
 def test_emission_delay_is_measured_from_word_end(trained_model):
     """Hand-made emissions against known word ends: the delays are exact differences."""
-    from streamtune.data import Utterance
-    from streamtune.evaluation import emission_delays, hypothesis_words
-    from streamtune.streaming import DecodeResult
+    from streamtune.data.reading import Utterance
+    from streamtune.evaluation.scoring import emission_delays
+    from streamtune.streaming.words import hypothesis_words
+    from streamtune.streaming.runner import DecodeResult
 
     tok = trained_model.tokenizer
     ids = [tok.text_to_ids(w) for w in ("red", "lamp", "now")]
@@ -265,9 +266,9 @@ CRASH_PIECES = ["▁W", "ait", "▁", "or", "▁[", ".", "]"]
 @pytest.fixture(scope="module")
 def crash_nemo(tmp_path_factory, corpus) -> Path:
     """A tiny model whose greedy search writes CRASH_PIECES for any audio (tests/helpers.py: script_model)."""
-    from streamtune.config import load_config
-    from streamtune.geometry import TINY
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from bench.geometry import TINY
+    from streamtune.model.build import build_model
 
     root = tmp_path_factory.mktemp("crash")
     texts = ["Please enter the message.", "Wait or [noise] call.", "Wait, or not?", "[noise] Enter it!",
@@ -286,10 +287,10 @@ def test_a_hypothesis_nemo_cannot_split_into_words_loses_nothing(crash_nemo, cor
 
     from omegaconf import open_dict
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.data.reading import load_utterances
+    from streamtune.model.build import load_model
+    from streamtune.streaming.runner import StreamingRunner
 
     # The crash, reproduced: NeMo's own word-confidence aggregation on this model's hypothesis.
     model = load_model(crash_nemo)
@@ -323,9 +324,9 @@ def test_a_hypothesis_nemo_cannot_split_into_words_loses_nothing(crash_nemo, cor
 
 def test_a_failing_word_extra_is_counted_for_its_hypothesis(trained_model):
     """What the evaluation does when a per-word extra fails: that hypothesis' words are left out and the error
-    named; its scores stand (streamtune.evaluation._words_of)."""
-    from streamtune.evaluation import _words_of
-    from streamtune.streaming import DecodeResult
+    named; its scores stand (streamtune.evaluation.scoring._words_of)."""
+    from streamtune.evaluation.scoring import _words_of
+    from streamtune.streaming.runner import DecodeResult
 
     tokens = trained_model.tokenizer.text_to_ids("red lamp")
     good = DecodeResult([tokens], ["red lamp"], frames=[list(range(len(tokens)))],

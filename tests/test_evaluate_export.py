@@ -53,11 +53,11 @@ def test_onnx_check_is_real(trained_model, corpus, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
-    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
-    from streamtune.stages.export.onnx_export import export_mode
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.export.onnx_export import export_mode
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.runner import StreamingRunner
 
     mode = next(m for m in chunk_modes(trained_model) if m.chunk_ms == 560)
     export_mode(trained_model, mode, tmp_path / "560ms")
@@ -81,13 +81,13 @@ def test_sherpa_onnx_decodes_the_bundle_and_the_gate_decides_on_that_evidence(bu
     """sherpa-onnx and our ONNX Runtime decoder decode the bundle's files again here: the texts export recorded,
     and the same verdict from the same evidence (the paired bootstrap over the parity set's utterances). A bundle
     exists only when no gate failed; sherpa-onnx's features are its own, so its texts may differ from ours."""
-    from streamtune.data import load_utterances
-    from streamtune.gates import margin_verdict
-    from streamtune.metrics import corpus_errors
-    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
-    from streamtune.stages.export.sherpa import sherpa_decode
-    from streamtune.streaming import StreamingRunner
-    from streamtune.text import normalise_text
+    from streamtune.data.reading import load_utterances
+    from streamtune.data.text import normalise_text
+    from streamtune.evaluation.gates import margin_verdict
+    from streamtune.evaluation.metrics import corpus_errors
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.export.sherpa import sherpa_decode
+    from streamtune.streaming.runner import StreamingRunner
 
     report = {m["chunk_ms"]: m for m in json.loads((bundle / "onnx.json").read_text())["modes"]}[ms]
     sherpa = report["sherpa_onnx"]
@@ -148,7 +148,7 @@ def test_verify_fails_on_a_missing_or_an_unlisted_file(bundle, tmp_path, capsys)
 
 
 def test_tarball_is_reproducible(bundle, tmp_path):
-    from streamtune.stages.export.package import write_tarball
+    from streamtune.export.package import write_tarball
 
     first = hashlib.sha256((bundle.parent / f"{bundle.name}.tar.gz").read_bytes()).hexdigest()
     again = write_tarball(_copy(bundle, tmp_path), tmp_path / "again.tar.gz")  # other dir, other mtimes
@@ -159,8 +159,8 @@ def test_tarball_is_reproducible(bundle, tmp_path):
 def test_a_model_that_breaks_streaming_fails_parity_and_is_not_packaged(tiny_overrides, tmp_path, norm):
     """Group / instance norm in the convolution module normalise over time (the whole utterance offline): no
     chunk can match that. Instance norm cannot even run on a one-frame chunk: that is a failed mode too."""
-    from streamtune.config import load_config
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
     from streamtune.stages.export.__main__ import main
 
     overrides = [*tiny_overrides, f"model.encoder.conv_norm_type={norm}", f"export.dist_dir={tmp_path}"]
@@ -204,11 +204,11 @@ def test_an_encoder_with_external_weights_gets_one_data_file(bundle, tmp_path):
     import onnx
     import soundfile as sf
 
-    from streamtune.models import load_model
-    from streamtune.stages.export.onnx_decoder import OrtStreamingDecoder
-    from streamtune.stages.export.onnx_export import _external_files, _set_metadata, read_metadata
-    from streamtune.stages.export.sherpa import sherpa_decode
-    from streamtune.streaming import StreamingRunner
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.export.onnx_export import _external_files, _set_metadata, read_metadata
+    from streamtune.export.sherpa import sherpa_decode
+    from streamtune.model.build import load_model
+    from streamtune.streaming.runner import StreamingRunner
 
     src, dst = bundle / "onnx" / "560ms", tmp_path / "560ms"
     shutil.copytree(src, dst)
@@ -268,8 +268,8 @@ def test_verify_refuses_links_paths_outside_the_bundle_and_partial_samples(bundl
 
 def test_the_manifest_digest_catches_a_rewritten_bundle(bundle, tmp_path, capsys):
     """Edit a file and rewrite the manifest to match: only the published manifest sha256 tells."""
+    from streamtune.export.parity import sha256_file
     from streamtune.stages.export.__main__ import main
-    from streamtune.stages.export.parity import sha256_file
 
     published = sha256_file(bundle / "manifest.json")
     assert main(["verify", "--bundle", str(bundle), "--expect-manifest-sha256", published]) == 0

@@ -20,13 +20,13 @@ CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
 
 
 def _state(path: Path) -> dict:
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     return {k: v.clone() for k, v in load_model(path).state_dict().items()}
 
 
 def test_full_finetune_from_nemo(base_nemo, finetune, tmp_path, capsys):
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     run = finetune("full_finetune.yaml", base_nemo, tmp_path, "model.att_context_probs=[4,3,2,1]")
     console = capsys.readouterr().out
@@ -58,8 +58,8 @@ def test_new_tokenizer_changes_vocabulary_and_keeps_fastemit(base_nemo, lower_to
                                                              finetune_overrides, tmp_path):
     from nemo.collections.asr.models import ASRModel
 
-    from streamtune.config import load_config
-    from streamtune.models import build_model, load_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model, load_model
 
     # NeMo's own change_vocabulary resets FastEmit (and the loss type) to defaults: what we guard against.
     plain = ASRModel.restore_from(str(base_nemo), map_location="cpu")
@@ -84,8 +84,8 @@ def test_new_tokenizer_changes_vocabulary_and_keeps_fastemit(base_nemo, lower_to
 
 
 def test_hybrid_and_checkpoint_start_points(make_base, finetune, trained_run, tmp_path):
-    from streamtune.chunks import chunk_modes
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
 
     hybrid = make_base(tmp_path / "hybrid.nemo", target="nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel")
     run = finetune("full_finetune.yaml", hybrid, tmp_path / "h", "trainer.max_steps=2")
@@ -106,10 +106,10 @@ def test_frozen_encoder_is_bitwise_unchanged(base_nemo, finetune, tmp_path):
 
 
 def test_adapters_train_alone_and_stream_like_offline(base_nemo, finetune, corpus, tmp_path):
-    from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.runner import StreamingRunner
 
     run = finetune("adapters.yaml", base_nemo, tmp_path, "finetune.adapter_dim=8")
     before, after = _state(base_nemo), _state(run / "final.nemo")
@@ -187,10 +187,10 @@ def test_nonfinite_steps_are_skipped_and_counted(corpus, train_tiny, tmp_path):
 
 def test_bucketing_uses_lhotse_dynamic_bucketing(tiny_overrides):
     from lhotse.dataset import DynamicBucketingSampler
+    from streamtune.training.resume import lhotse_sampler
 
-    from streamtune.callbacks import lhotse_sampler
-    from streamtune.config import load_config
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     # 3 buckets of two 10 s batches each fit the corpus' ~100 s (fewer would be used for less data).
     model = build_model(load_config(DEMO_RECIPE, [*tiny_overrides, "data.num_buckets=3", "data.batch_duration_s=10"]),
@@ -210,7 +210,7 @@ def test_context_probs_sum_to_exactly_one_as_nemo_checks():
     """NeMo rejects att_context_probs unless the *plain* float sum is exactly 1; [4,3,2,1]/10 alone is not."""
     import random
 
-    from streamtune.model_config import normalise_probs
+    from streamtune.model.nemo_config import normalise_probs
 
     assert sum(w / 10 for w in [4, 3, 2, 1]) != 1.0
     rng = random.Random(0)

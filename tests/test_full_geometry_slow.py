@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamtune.chunks import chunk_modes
-from streamtune.data import load_utterances
-from streamtune.streaming import StreamingRunner
+from streamtune.data.reading import load_utterances
+from streamtune.model.chunks import chunk_modes
+from streamtune.streaming.runner import StreamingRunner
 from tests.helpers import DEMO_RECIPE, seeded
 
 
 @pytest.mark.slow
 def test_full_size_encoder_streams_like_offline(tiny_overrides, corpus):
-    from streamtune.config import load_config
-    from streamtune.geometry import FULL, TINY
-    from streamtune.models import build_model
+    from bench.geometry import FULL, TINY
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     overrides = [o for o in tiny_overrides if o not in TINY] + FULL
     torch.manual_seed(seeded(0))

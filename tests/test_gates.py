@@ -1,11 +1,11 @@
 """Gates that compare two decoders' WER decide on the evidence: the paired bootstrap over utterances that
-evaluate.py uses for regressions (streamtune.gates.margin_verdict)."""
+evaluate.py uses for regressions (streamtune.evaluation.gates.margin_verdict)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from streamtune.gates import margin_verdict, verdict_line
+from streamtune.evaluation.gates import margin_verdict, verdict_line
 
 MARGIN = 2.0  # WER points, export.sherpa_max_wer_delta's default
 

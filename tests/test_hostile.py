@@ -277,8 +277,8 @@ def test_manifest_fuzzing_never_crashes_and_always_adds_up(tmp_path_factory, aud
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from streamtune.stages.data_prep.sources import nemo_manifests
-    from streamtune.stages.data_prep.validate import ValidationConfig, write_validated
+    from streamtune.data.sources import nemo_manifests
+    from streamtune.data.validate import ValidationConfig, write_validated
 
     reasons = {"missing_audio", "malformed_line", "malformed_value", "invalid_text", "empty_text", "unsafe_source",
                "duration_out_of_bounds", "duration_mismatch", "undecodable_audio", "duplicate_id", "other_language",

@@ -1,4 +1,4 @@
-"""The joint's fused CPU hidden layer (streamtune/joint.py) against NeMo's own RNNTJoint."""
+"""The joint's fused CPU hidden layer (streamtune/ops/joint.py) against NeMo's own RNNTJoint."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from streamtune.joint import use_fast_joint
+from streamtune.ops.joint import use_fast_joint
 
 
 def _joint(dropout: float, activation: str = "relu", seed: int = 0):
@@ -143,9 +143,9 @@ def test_anything_else_runs_nemos_code_unchanged(case):
 
 
 def test_training_models_get_it_and_saved_models_do_not(tiny_overrides, tmp_path):
-    from streamtune.config import load_config
-    from streamtune.joint import _joint_after_projection
-    from streamtune.models import build_model, load_model, save_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model, load_model, save_model
+    from streamtune.ops.joint import _joint_after_projection
     from tests.helpers import DEMO_RECIPE
 
     model = build_model(load_config(DEMO_RECIPE, tiny_overrides), log=lambda _: None)

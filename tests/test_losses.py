@@ -1,4 +1,4 @@
-"""streamtune.losses.rnnt_loss against NeMo's own RNN-T losses: same values and gradients, edge cases, wiring."""
+"""streamtune.ops.rnnt_loss.rnnt_loss against NeMo's own RNN-T losses: same values and gradients, edge cases, wiring."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from streamtune.losses import rnnt_loss
+from streamtune.ops.rnnt_loss import rnnt_loss
 
 # (B, T, U, V): ragged batches, single frames, empty targets, one-symbol vocabularies, U > T.
 SHAPES = [
@@ -135,7 +135,7 @@ def test_bad_shapes_and_lengths_are_clear_errors():
 def test_registered_by_name_in_nemo_and_errors_on_unknown_kwargs():
     from nemo.collections.asr.losses.rnnt import RNNTLoss
 
-    from streamtune.losses import register
+    from streamtune.ops.rnnt_loss import register
 
     register()
     register()  # idempotent
@@ -154,9 +154,9 @@ def test_registered_by_name_in_nemo_and_errors_on_unknown_kwargs():
 def test_portable_config_restores_in_plain_nemo(tmp_path, corpus):
     """A .nemo trained with loss_name streamtune restores in a process where streamtune never ran (a fresh Python
     with NeMo: the second tier)."""
-    from streamtune.config import load_config
-    from streamtune.geometry import TINY
-    from streamtune.models import build_model, save_model
+    from bench.geometry import TINY
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model, save_model
     from tests.helpers import DEMO_RECIPE
 
     cfg = load_config(DEMO_RECIPE, [*TINY, f"model.tokenizer_dir={corpus / 'tokenizer'}", "data.dev=null",

@@ -1,4 +1,4 @@
-from streamtune.metrics import corpus_errors, normalise, word_errors
+from streamtune.evaluation.metrics import corpus_errors, normalise, word_errors
 
 
 def test_word_errors_counts_each_kind():
@@ -26,7 +26,7 @@ def test_headline_wer_uses_the_whisper_english_normaliser():
 
 
 def test_pnc_wer_and_cer():
-    from streamtune.metrics import score
+    from streamtune.evaluation.metrics import score
 
     s = score("Hello, world.", "hello world")
     assert s.words.errors == 0  # headline: case and punctuation ignored
@@ -38,7 +38,7 @@ def test_pnc_wer_and_cer():
 def test_alignment_ops_reconstruct_both_sides():
     import random
 
-    from streamtune.metrics import align, edit_counts
+    from streamtune.evaluation.metrics import align, edit_counts
 
     rng = random.Random(0)
     for _ in range(200):

@@ -82,10 +82,11 @@ def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, 
 
 def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides):
     from omegaconf import OmegaConf
+    from streamtune.config.schema import RecipeConfig
 
-    from streamtune.config import RecipeConfig, load_config
-    from streamtune.model_config import dataset_configs
-    from streamtune.survey import survey_training_data
+    from streamtune.config.loading import load_config
+    from streamtune.data.survey import survey_training_data
+    from streamtune.model.nemo_config import dataset_configs
 
     assert OmegaConf.structured(RecipeConfig).data.num_buckets == 30, "on unless a recipe says otherwise"
     cfg = load_config(DEMO_RECIPE, [*tiny_overrides, "data.batch_duration_s=10", "data.num_buckets=30"])
@@ -107,7 +108,7 @@ def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides
 def test_paragraph_pauses_are_spoken_and_written_where_the_style_writes_them():
     """A long utterance is read in phrases (a pause, a comma for espeak-ng, every 6-14 words): the written style
     writes those commas, the plain one only speaks them."""
-    from streamtune.stages.data_prep.synthetic import PHRASE_WORDS, plan_corpus, spoken_text
+    from streamtune.data.synthetic import PHRASE_WORDS, plan_corpus, spoken_text
 
     plain = plan_corpus({"test": 3}, seed=2, min_words=25, max_words=110, style="plain")[0]
     spoken = spoken_text(plain)
@@ -123,10 +124,10 @@ def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_m
     """A ~60 s generated utterance decoded chunk by chunk with only its features in memory: offline's tokens."""
     from lhotse import CutSet
 
-    from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.data.synthetic import prepare_synthetic
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.runner import StreamingRunner
 
     prepare_synthetic(tmp_path, num_train=0, num_dev=0, num_test=1, seed=seeded(4), min_words=170, max_words=170,
                       voices=["en-us"], id_prefix="para")
@@ -142,7 +143,7 @@ def test_paragraph_length_speech_is_generated_and_streams_like_offline(trained_m
 
 _HEAP_PROBE = """
 import ctypes, sys
-from streamtune.runtime import set_mmap_threshold
+from streamtune.model.runtime import set_mmap_threshold
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

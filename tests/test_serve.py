@@ -62,7 +62,7 @@ def _model(bundle):
     whatever else is in its batch, and in float32 the batched kernels round differently for other batch shapes
     (encoder outputs ~1e-6 apart), which can flip a near-tie between two tokens; in float64 (~1e-15) the test
     checks the streaming itself (windows, caches, features, hypotheses), not the kernels' rounding."""
-    from streamtune.stages.export.serve import load_bundle_model
+    from streamtune.serve.server import load_bundle_model
 
     model, mode = load_bundle_model(bundle, None, "cpu")
     return model.double(), mode
@@ -70,7 +70,7 @@ def _model(bundle):
 
 @pytest.fixture(scope="module")
 def served(bundle):
-    from streamtune.stages.export.serve import StreamServer
+    from streamtune.serve.server import StreamServer
 
     model, mode = _model(bundle)
     running = Running(StreamServer(model, mode, max_streams=16, idle_s=3.0, max_message_kib=64))
@@ -81,8 +81,8 @@ def served(bundle):
 @pytest.fixture(scope="module")
 def utterances(bundle, words_overrides):
     """The ten-word test set as 16-bit PCM, and the tokens StreamingRunner.streaming gives each."""
-    from streamtune.data import load_utterances
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.streaming.runner import StreamingRunner
 
     cuts = value_of(words_overrides, "data.test")
     model, mode = _model(bundle)
@@ -210,7 +210,7 @@ def test_bad_clients_get_one_clear_error_each(served):
 def test_over_capacity_is_refused_clearly(bundle, utterances):
     import aiohttp
 
-    from streamtune.stages.export.serve import StreamServer
+    from streamtune.serve.server import StreamServer
 
     model, mode = _model(bundle)
     running = Running(StreamServer(model, mode, max_streams=2))
@@ -257,7 +257,7 @@ def test_browser_microphone_page_shows_the_words(served, utterances, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from streamtune.text import normalise_text
+    from streamtune.data.text import normalise_text
 
     chromium, driver = _browser()
     utt, pcm, tokens = max(utterances, key=lambda u: len(u[0].text.split()))

@@ -63,7 +63,7 @@ def test_hub_name_resolves_from_the_hf_cache_offline(base_nemo, finetune_overrid
 @pytest.fixture(scope="module")
 def trained_base(base_nemo, tmp_path_factory) -> Path:
     """base.nemo with every weight moved: a fresh initialisation cannot coincide with it."""
-    from streamtune.models import load_model, save_model
+    from streamtune.model.build import load_model, save_model
 
     model = load_model(base_nemo)
     with torch.no_grad():
@@ -75,8 +75,8 @@ def trained_base(base_nemo, tmp_path_factory) -> Path:
 def _partial(trained_base, finetune_overrides, tmp_path, *extra):
     from lightning.pytorch import seed_everything
 
-    from streamtune.config import load_config
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     cfg = load_config(NEMOTRON / "full_finetune.yaml", [f"model.init_from={trained_base}", *finetune_overrides,
                                                         f"run.output_dir={tmp_path}", *extra])
@@ -86,7 +86,7 @@ def _partial(trained_base, finetune_overrides, tmp_path, *extra):
 
 
 def test_partial_init_keeps_included_modules_bitwise(trained_base, finetune_overrides, tmp_path):
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     source = load_model(trained_base).state_dict()
     model, notes = _partial(trained_base, finetune_overrides, tmp_path, "model.init_include=[encoder,preprocessor]")
@@ -116,8 +116,8 @@ def test_partial_init_errors_name_the_prefix(trained_base, finetune_overrides, t
 
 def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, corpus, lower_cuts, finetune_overrides,
                                                                   tmp_path, capsys):
+    from streamtune.data.style import TextStyle
     from streamtune.stages import train
-    from streamtune.style import TextStyle
 
     overrides = [*finetune_overrides, f"data.train={lower_cuts}", f"run.output_dir={tmp_path / 'runs'}"]
     args = ["--config", str(NEMOTRON / "full_finetune.yaml"), f"model.init_from={base_nemo}", *overrides]
@@ -130,8 +130,8 @@ def test_style_guard_stops_lower_case_data_over_a_pnc_start_point(base_nemo, cor
     assert not (tmp_path / "runs").exists(), "refused before a run dir exists"
 
     # Matching data, a replay mix with enough PnC in it, or an explicit choice: no stop.
-    from streamtune.config import load_config
-    from streamtune.models import check_model_config
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import check_model_config
 
     cased = corpus / "cuts_train.jsonl.gz"
     for extra in ([f"data.train={cased}"], [f"data.train=[[{lower_cuts},0.75],[{cased},0.25]]"],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamtune.chunks import chunk_modes
-from streamtune.data import load_utterances
-from streamtune.streaming import StreamingRunner
+from streamtune.model.chunks import chunk_modes
+from streamtune.data.reading import load_utterances
+from streamtune.streaming.runner import StreamingRunner
 from tests.helpers import DEMO_RECIPE, seeded
 
 
@@ -16,8 +16,8 @@ def random_model(tiny_overrides):
     """An untrained tiny model whose blank never wins: max_symbols tokens at every frame, chosen by the random
     weights from the encoder's output, so token parity is a real check whatever the seed (an untrained model's
     own output may be nearly all blanks)."""
-    from streamtune.config import load_config
-    from streamtune.models import build_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.build import build_model
 
     cfg = load_config(DEMO_RECIPE, tiny_overrides)
     torch.manual_seed(seeded(0))
@@ -80,9 +80,9 @@ def test_both_model_classes_load_and_stream_with_their_rnnt_head(tiny_overrides,
     hybrid): load_model and the runner handle both, streaming giving offline's tokens."""
     from omegaconf import open_dict
 
-    from streamtune.config import load_config
-    from streamtune.model_config import model_class, nemo_model_config
-    from streamtune.models import load_model
+    from streamtune.config.loading import load_config
+    from streamtune.model.nemo_config import model_class, nemo_model_config
+    from streamtune.model.build import load_model
 
     model_cfg = nemo_model_config(load_config(DEMO_RECIPE, tiny_overrides))
     if target == "EncDecRNNTBPEModel":

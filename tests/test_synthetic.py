@@ -9,12 +9,12 @@ import numpy as np
 import soundfile as sf
 from lhotse import CutSet
 
-from streamtune.stages.data_prep.synthetic import plan_corpus
+from streamtune.data.synthetic import plan_corpus
 from tests.helpers import seeded
 
 
 def _spoken(text: str) -> str:
-    from streamtune.text import normalise_text
+    from streamtune.data.text import normalise_text
 
     return normalise_text(text.replace("[noise]", ""), lowercase=True, strip_punctuation=True)
 
@@ -33,7 +33,7 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
 def test_written_style_writes_what_the_target_model_writes():
     """Capitals, end punctuation, commas, digits, apostrophes, hyphens and [noise] tags, each in a share of a
     3,000-sentence plan; the plain style is lower-case words; both speak the same sentences from the same seed."""
-    from streamtune.stages.data_prep.synthetic import WORDS, WRITTEN_WORDS
+    from streamtune.data.synthetic import WORDS, WRITTEN_WORDS
 
     plan = plan_corpus({"train": 3000}, seed=seeded(0), words=WORDS + WRITTEN_WORDS)
     texts = [u.text for u in plan]
@@ -51,7 +51,7 @@ def test_written_style_writes_what_the_target_model_writes():
 
 
 def test_a_noise_tag_is_a_burst_of_noise_in_the_audio():
-    from streamtune.stages.data_prep.synthetic import SAMPLE_RATE, Utterance, synthesize
+    from streamtune.data.synthetic import SAMPLE_RATE, Utterance, synthesize
 
     def loud_in_first(audio: np.ndarray, seconds: float) -> float:
         return float(np.abs(audio[: int(seconds * SAMPLE_RATE)]).max())
@@ -76,7 +76,7 @@ def test_corpus_cuts_are_16k_mono_with_matching_durations(corpus):
 
 
 def test_rerun_skips_finished_corpus(corpus, capsys):
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic
+    from streamtune.data.synthetic import prepare_synthetic
 
     prepare_synthetic(corpus, num_train=48, num_dev=6, num_test=8, seed=seeded(7), min_words=2, max_words=4)
     assert "up to date" in capsys.readouterr().out

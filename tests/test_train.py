@@ -43,9 +43,9 @@ def test_run_dir_contents(trained_run):
 def test_our_decode_of_the_default_mode_is_nemos_own_transcribe(words_model, words_overrides):
     """What the per-mode validation (and evaluate.py offline) decodes at the default chunk mode is what NeMo's own
     ``transcribe`` gives the same audio, token for token: our features, batching and search are NeMo's."""
-    from streamtune.chunks import chunk_modes
-    from streamtune.data import load_utterances
-    from streamtune.streaming import StreamingRunner
+    from streamtune.data.reading import load_utterances
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.runner import StreamingRunner
 
     utts = load_utterances(value_of(words_overrides, "data.dev"))
     runner = StreamingRunner(words_model, batch_size=4)
@@ -56,10 +56,10 @@ def test_our_decode_of_the_default_mode_is_nemos_own_transcribe(words_model, wor
 
 
 def test_ema_weights_are_validated_and_saved_in_final_nemo(trained_run):
+    from streamtune.model.checkpoints import load_checkpoint
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from streamtune.checkpointing import load_checkpoint
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
 
     ckpt = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
@@ -97,8 +97,8 @@ def test_secrets_stay_interpolations_in_written_configs(trained_run):
 
 
 def test_nemo_round_trip_keeps_weights_config_and_modes(trained_model, tmp_path):
-    from streamtune.chunks import chunk_modes
-    from streamtune.models import load_model
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
 
     assert type(trained_model).__name__ == "EncDecHybridRNNTCTCBPEModel"  # the demo recipe's class
     assert [m.chunk_ms for m in chunk_modes(trained_model)] == [1120, 560, 160, 80]

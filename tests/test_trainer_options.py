@@ -12,9 +12,9 @@ from tests.helpers import DEMO_RECIPE
 
 
 def test_any_trainer_argument_is_checked_against_lightnings_signature(tiny_overrides, tmp_path):
-    from streamtune.config import load_config
+    from streamtune.config.loading import load_config
     from streamtune.errors import UserError
-    from streamtune.training import build_trainer
+    from streamtune.training.trainer import build_trainer
 
     cfg = load_config(DEMO_RECIPE, [*tiny_overrides, "trainer.limit_val_batches=2", "trainer.num_sanity_val_steps=1"])
     trainer = build_trainer(cfg, tmp_path)
@@ -58,7 +58,7 @@ def test_throughput_logged_at_a_logging_step_covers_every_batch_since_the_last(t
     from lightning.pytorch.loggers import CSVLogger
     from omegaconf import OmegaConf
 
-    from streamtune.callbacks import Throughput
+    from streamtune.training.callbacks import Throughput
 
     class Tiny(pl.LightningModule):
         def __init__(self):

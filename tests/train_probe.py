@@ -40,16 +40,16 @@ class Probe(pl.Callback):
 
 def main() -> int:
     out = Path(os.environ["PROBE_DIR"])
-    import streamtune.training
+    import streamtune.training.trainer
 
-    build = streamtune.training.build_trainer
+    build = streamtune.training.trainer.build_trainer
 
     def build_trainer(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.callbacks.insert(0, Probe(out))
         return trainer
 
-    streamtune.training.build_trainer = build_trainer
+    streamtune.training.trainer.build_trainer = build_trainer
     kill_at = os.environ.get("PROBE_KILL_IN_SAVE")
     if kill_at:
         real_save = torch.save

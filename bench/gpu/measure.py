@@ -84,7 +84,7 @@ def section_env(args) -> dict:
 
 
 def _overrides(args, corpus: Path, tokenizer: Path) -> list[str]:
-    from streamtune.geometry import FULL, TINY
+    from bench.geometry import FULL, TINY
 
     common = [f"data.train={corpus}", "data.dev=null", f"model.tokenizer_dir={tokenizer}", "logger.wandb_mode=disabled",
               "model.loss.loss_name=default", "data.num_buckets=8", "data.max_duration_s=20"]
@@ -127,8 +127,8 @@ def section_train(args, corpus: Path, tokenizer: Path) -> dict:
 
 
 def encoder_parameters(overrides: list[str]) -> int:
-    from streamtune.config import load_config
-    from streamtune.model_config import model_class, nemo_model_config
+    from streamtune.config.loading import load_config
+    from streamtune.model.nemo_config import model_class, nemo_model_config
 
     cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", overrides)
     model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg))
@@ -160,9 +160,9 @@ def section_streaming(args) -> dict:
     from bench import Guard
     from bench.full_model import build_full, random_tokenizer, silence_joint
     from bench.streaming import Plan, Speech, compare, realtime
-    from streamtune.chunks import mode_by_ms
-    from streamtune.models import load_model
-    from streamtune.streaming import StreamingRunner
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import mode_by_ms
+    from streamtune.streaming.runner import StreamingRunner
 
     kit = REPO / ".gpukit"
     cuts = Path(args.demo_cuts) if args.demo_cuts else kit / "test" / "cuts_test.jsonl.gz"

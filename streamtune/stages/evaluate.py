@@ -12,7 +12,7 @@ Lhotse cuts file, a Shar dir, a NeMo JSONL manifest or a folder of audio with si
 (the last two go through data_prep's checks; rejected items are counted and listed).
 
 Exit status: 0 all gates passed, 1 a gate failed (--max-wer, --max-regression), 2 bad input.
-Writes results.json (schema: streamtune/results.schema.json), results.md, hyps.jsonl (every hypothesis with word
+Writes results.json (schema: streamtune/evaluation/results.schema.json), results.md, hyps.jsonl (every hypothesis with word
 times and confidence) and PNG plots; --output-manifest also writes NeMo manifests with pred_text.
 
 config -> models and test sets -> decode every chunk mode both ways, score, time -> compare, gate -> reports
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from streamtune.config import add_config_args, load_config, resolved, save_config
+from streamtune.config.loading import add_config_args, load_config, resolved, save_config
 from streamtune.errors import UserError, cli_entry
 
 
 def model_specs(values: list[str], baseline: bool):
     """``[LABEL=]PATH`` -> ModelSpec list with unique labels; the first is the baseline with ``--baseline``."""
-    from streamtune.evaluation import ModelSpec
+    from streamtune.evaluation.scoring import ModelSpec
 
     if baseline and len(values) < 2:
         raise UserError("--baseline compares the first --model with the others: pass at least two --model")
@@ -84,7 +84,7 @@ NO_RECIPE = ["run.name=evaluate", "run.seed=0"]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.run:
-        from streamtune.reports import plot_training_curves
+        from streamtune.evaluation.reports import plot_training_curves
 
         run_dir = Path(args.run).resolve()
         print(f"wrote {plot_training_curves(run_dir, run_dir / 'training_curves.png')}")
@@ -109,18 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"eval.mmap_threshold_mib must be 0 (glibc's default) to 32 (glibc's limit), "
                         f"not {cfg.eval.mmap_threshold_mib}")
 
-    from streamtune.decoding import decoding_from_config
+    from streamtune.streaming.decoding import decoding_from_config
 
     decoding = decoding_from_config(cfg.eval)  # a misspelt strategy or a missing boost file, before any decoding
     import torch
 
     import streamtune
-    from streamtune.evaluation import Manifests, TestSetSource, evaluate_models
-    from streamtune.gates import utterance_errors
-    from streamtune.reports import build_payload, print_summary, write_reports
-    from streamtune.rundir import git_state
-    from streamtune.runtime import set_mmap_threshold, setup_runtime
-    from streamtune.stages.data_prep.test_sets import resolve_test_set
+    from streamtune.data.test_sets import resolve_test_set
+    from streamtune.evaluation.gates import utterance_errors
+    from streamtune.evaluation.reports import build_payload, print_summary, write_reports
+    from streamtune.evaluation.scoring import Manifests, TestSetSource, evaluate_models
+    from streamtune.model.runtime import set_mmap_threshold, setup_runtime
+    from streamtune.training.rundir import git_state
 
     setup_runtime(cfg)
     set_mmap_threshold(int(cfg.eval.mmap_threshold_mib))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from streamtune.config import add_config_args, load_config, resolved, save_config
+from streamtune.config.loading import add_config_args, load_config, resolved, save_config
 from streamtune.errors import cli_entry
 
 
@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
         return 0
-    from streamtune.models import check_model_config
-    from streamtune.rundir import forget_run_dir, resolve_run_dir
-    from streamtune.runtime import setup_runtime
-    from streamtune.tracking import check_tracking
-    from streamtune.training import check_trainer_config
+    from streamtune.model.build import check_model_config
+    from streamtune.model.runtime import setup_runtime
+    from streamtune.training.rundir import forget_run_dir, resolve_run_dir
+    from streamtune.training.tracking import check_tracking
+    from streamtune.training.trainer import check_trainer_config
 
     # Validate everything a user can get wrong before a run dir (and the `latest` link) is touched.
     check_trainer_config(cfg)
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     check_tracking(cfg)
     setup_runtime(cfg)
     if args.dry_run:
-        from streamtune.dryrun import dry_run
+        from streamtune.training.dryrun import dry_run
 
         print(dry_run(cfg))
         return 0
-    from streamtune.rundir import hold_lock, is_global_zero, remove_stale_temporaries
+    from streamtune.training.rundir import hold_lock, is_global_zero, remove_stale_temporaries
 
     if is_global_zero() and cfg.run.resume == "auto":  # two auto-resumers must not pick the same run
         hold_lock(Path(cfg.run.output_dir) / cfg.run.name / ".resume.lock", f"run '{cfg.run.name}' (run.resume=auto)")
@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
-    from streamtune.callbacks import EMA, Preempted
-    from streamtune.models import build_model, save_model
-    from streamtune.rundir import is_global_zero, mark_latest, write_env
-    from streamtune.tracking import finish_tracking
-    from streamtune.training import build_trainer, stop_reason
+    from streamtune.model.build import build_model, save_model
+    from streamtune.training.callbacks import EMA
+    from streamtune.training.resume import Preempted
+    from streamtune.training.rundir import is_global_zero, mark_latest, write_env
+    from streamtune.training.tracking import finish_tracking
+    from streamtune.training.trainer import build_trainer, stop_reason
 
     if is_global_zero():
         save_config(cfg, run_dir / ("config.yaml" if ckpt is None else f"config.resume-step{step:07d}.yaml"))
@@ -77,7 +78,7 @@ def _train(cfg, run_dir: Path, ckpt: Path | None, step: int) -> int:
     trainer = build_trainer(cfg, run_dir, resume_step=step if ckpt else None)
     notes = []
     if cfg.data.train:
-        from streamtune.survey import survey_training_data
+        from streamtune.data.survey import survey_training_data
 
         survey = survey_training_data(cfg.data)  # what the loader will read and skip (cached: done at the check)
         notes.append(survey.summary("data.train", cfg.data.min_duration_s, cfg.data.max_duration_s))

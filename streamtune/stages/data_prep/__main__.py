@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_synthetic(args) -> None:
-    from streamtune.stages.data_prep.synthetic import prepare_synthetic, read_words
+    from streamtune.data.synthetic import prepare_synthetic, read_words
 
     words = read_words(args.words_file) if args.words_file else None
     voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
@@ -112,19 +112,19 @@ def run_synthetic(args) -> None:
 
 
 def run_source(args) -> None:
-    from streamtune.stages.data_prep.prepare import prepare_source
+    from streamtune.data.prepare import prepare_source
 
     prepare_source(args)
 
 
 def run_noise(args) -> None:
-    from streamtune.stages.data_prep.noise import prepare_noise
+    from streamtune.data.noise import prepare_noise
 
     prepare_noise(args.dir, args.out, rirs=args.rirs)
 
 
 def run_tokenizer(args) -> None:
-    from streamtune.stages.data_prep.tokenizer import train_tokenizer
+    from streamtune.data.train_tokenizer import train_tokenizer
 
     train_tokenizer(args.cuts, args.out, vocab_size=args.vocab_size, tokenizer_type=args.type, force=args.force)
 

@@ -13,7 +13,7 @@ Steps, each writing into the bundle dir ``export.dist_dir/<export.name or run.na
   verify    --bundle DIR (or the recipe's bundle): re-hash against manifest.json, load and decode; exit 1
   all       parity, onnx, package, verify; stops at the first failure
   serve     --bundle DIR: a streaming WebSocket server over a verified bundle, with a microphone page at /
-            (`python -m export serve --help`; the protocol is in streamtune/stages/export/serve.py)
+            (`python -m export serve --help`; the protocol is in streamtune/serve/server.py)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtune.config import add_config_args, load_config
+from streamtune.config.loading import add_config_args, load_config
 from streamtune.errors import UserError, cli_entry
 
 STEPS = ["parity", "onnx", "package", "verify", "all", "serve"]
@@ -34,11 +34,11 @@ def bundle_dir(cfg) -> Path:
 
 def _parity_set(cfg, bundle: Path):
     """export.parity_cuts, else data.dev, else data.test; with none of them, speech generated with espeak-ng."""
-    from streamtune.data import load_utterances
+    from streamtune.data.reading import load_utterances
 
     cuts = cfg.export.parity_cuts or cfg.data.dev or cfg.data.test
     if not cuts:
-        from streamtune.stages.data_prep.synthetic import prepare_synthetic
+        from streamtune.data.synthetic import prepare_synthetic
 
         n = cfg.export.parity_max_utts or 20
         print(f"no parity set in the recipe (export.parity_cuts, data.dev, data.test): generating {n} utterances")
@@ -48,7 +48,7 @@ def _parity_set(cfg, bundle: Path):
 
 
 def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
-    from streamtune.stages.export.parity import check_parity, parity_summary, write_verdict
+    from streamtune.export.parity import check_parity, parity_summary, write_verdict
 
     payload = check_parity(model, utts, modes, cfg.export.parity_atol, batch_size=cfg.eval.batch_size)
     path = write_verdict(bundle / "parity.json", payload, model_path)
@@ -59,12 +59,12 @@ def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
 def run_onnx(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
     import shutil
 
-    from streamtune.stages.export.onnx_check import check_onnx, onnx_summary
-    from streamtune.stages.export.parity import write_verdict
+    from streamtune.export.onnx_check import check_onnx, onnx_summary
+    from streamtune.export.parity import write_verdict
 
     shutil.rmtree(bundle / "onnx", ignore_errors=True)
-    from streamtune.decoding import boost_phrases
-    from streamtune.stages.export.onnx_export import INT8_VARIANTS
+    from streamtune.export.onnx_export import INT8_VARIANTS
+    from streamtune.streaming.decoding import boost_phrases
 
     unknown = [v for v in cfg.export.int8_variants if v not in INT8_VARIANTS]
     if unknown or (cfg.export.int8 and not cfg.export.int8_variants):
@@ -95,7 +95,7 @@ def _report(payload: dict, path: Path, table: str, failure: str, success: str) -
 
 
 def run_verify(bundle: Path, expect_manifest_sha256: str | None = None) -> int:
-    from streamtune.stages.export.verify import VerifyError, verify
+    from streamtune.export.verify import VerifyError, verify
 
     try:
         lines = verify(bundle, expect_manifest_sha256)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
     if args.step == "serve":
-        from streamtune.stages.export.serve import ServeOptions, serve
+        from streamtune.serve.server import ServeOptions, serve
 
         if not args.bundle:
             raise UserError("`python -m export serve` needs --bundle DIR (an exported, verified bundle)")
@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         raise UserError(f"`python -m export {args.step}` needs --model (a local .nemo file)")
 
-    from streamtune.chunks import select_modes
-    from streamtune.models import load_model
-    from streamtune.runtime import setup_runtime
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import select_modes
+    from streamtune.model.runtime import setup_runtime
 
     setup_runtime(cfg)
     model = load_model(args.model)
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         elif step == "onnx":
             rc = run_onnx(model, args.model, bundle, cfg, modes, utts)
         elif step == "package":
-            from streamtune.stages.export.package import package
+            from streamtune.export.package import package
 
             package(model, Path(args.model), bundle, cfg, modes, utts[0])
-            from streamtune.stages.export.parity import sha256_file
+            from streamtune.export.parity import sha256_file
 
             print(f"bundle ready: {bundle}; manifest.json sha256 {sha256_file(bundle / 'manifest.json')} "
                   "(publish it: `verify --expect-manifest-sha256` checks it)")

@@ -1,0 +1,233 @@
+"""``python -m export serve --bundle dist/<name>``: a streaming WebSocket server over a verified bundle.
+
+    python -m export serve --bundle dist/tiny_cpu [--chunk-ms 160] [--host 127.0.0.1] [--port 8765]
+
+Protocol (one WebSocket per stream, at ``ws://HOST:PORT/ws``; the page at ``http://HOST:PORT/`` is a client):
+
+* the server first sends ``{"type": "ready", "sample_rate": 16000, "format": "pcm_s16le", "chunk_ms": ...}``;
+* the client sends audio as **binary** messages of 16 kHz mono 16-bit little-endian PCM (any number of whole
+  samples per message, at most ``--max-message-kib``), then the **text** message ``{"type": "end"}``;
+* the server sends ``{"type": "partial", "text", "tokens", "words", "audio_s"}`` after each chunk it decoded
+  (``audio_s``: the audio the result covers; ``words``: ``[word, emitted at, last token emitted at]`` in
+  audio seconds) and, after ``end``, one ``{"type": "final", ...}``, then closes;
+* anything else gets ``{"type": "error", "code", "message"}`` and a close: a binary message of an odd number of
+  bytes, text that is not ``{"type": "end"}``, audio after ``end``, a message over the size limit, no message
+  for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close code 1013, try again later).
+
+One compute thread steps every stream that has a chunk ready in one batched cache-aware step
+(:class:`streamtune.streaming.live.LiveStreams`); streams join and leave at any time, and each gets exactly the tokens
+``StreamingRunner.streaming`` gives its audio. The server binds to 127.0.0.1 unless told otherwise and has no
+authentication: put it behind your own proxy to expose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamtune.errors import UserError
+
+PAGE = Path(__file__).with_name("serve_page.html")
+
+
+@dataclass
+class ServeOptions:
+    chunk_ms: int | None = None  # default: the model's default (first) chunk mode
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_streams: int | None = None  # default: a capacity probe at start-up
+    idle_s: float = 30.0
+    max_message_kib: int = 256
+    device: str = "cpu"
+
+
+def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
+    """The bundle's model (after ``verify`` passes) and the chunk mode to serve."""
+    from streamtune.export.verify import VerifyError, verify
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+
+    try:
+        verify(bundle, expect_manifest_sha256)
+    except VerifyError as err:
+        raise UserError(f"bundle {bundle} fails `python -m export verify`: {err}; export it again") from None
+    model = load_model(bundle / "model.nemo", device=device)
+    modes = chunk_modes(model)
+    if chunk_ms is None:
+        return model, modes[0]
+    for mode in modes:
+        if mode.chunk_ms == chunk_ms:
+            return model, mode
+    raise UserError(f"--chunk-ms {chunk_ms}: the model streams at {', '.join(str(m.chunk_ms) for m in modes)} ms")
+
+
+class StreamServer:
+    """The aiohttp application: the page, the WebSocket endpoint, and the compute thread over LiveStreams."""
+
+    def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
+                 device: str = "cpu"):
+        from streamtune.streaming.live import LiveStreams
+
+        self.live = LiveStreams(model, mode, device=device, max_batch=max(1, max_streams))
+        self.mode = mode
+        self.max_streams = max_streams
+        self.idle_s = idle_s
+        self.max_message_bytes = max_message_kib * 1024
+        self.clients: dict[str, asyncio.Queue] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # ----- compute thread --------------------------------------------------------------------
+    def _compute(self) -> None:
+        while not self._stop.is_set():
+            updates = self.live.step()
+            if updates:
+                self.steps += 1
+                self.loop.call_soon_threadsafe(self._deliver, updates)
+            else:
+                self.live.wait(0.05)
+
+    def _deliver(self, updates) -> None:
+        for update in updates:
+            queue = self.clients.get(update.stream)
+            if queue is not None:
+                queue.put_nowait(update)
+
+    # ----- HTTP ------------------------------------------------------------------------------
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/info", self._info)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._compute, name="streamtune-compute", daemon=True)
+        self._thread.start()
+
+    async def _on_cleanup(self, app) -> None:
+        self._stop.set()  # the compute thread sees it within its 50 ms wait
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+
+    async def _page(self, request):
+        from aiohttp import web
+
+        return web.Response(text=PAGE.read_text(), content_type="text/html")
+
+    async def _info(self, request):
+        from aiohttp import web
+
+        return web.json_response({"chunk_ms": self.mode.chunk_ms, "sample_rate": self.live.sample_rate,
+                                  "streams": len(self.clients), "max_streams": self.max_streams})
+
+    # ----- WebSocket -------------------------------------------------------------------------
+    async def _error(self, ws, code: str, message: str, close_code: int = 1008) -> None:
+        await ws.send_json({"type": "error", "code": code, "message": message})
+        await ws.close(code=close_code, message=code.encode())
+
+    async def _send_results(self, ws, queue: asyncio.Queue) -> None:
+        while True:
+            update = await queue.get()
+            await ws.send_json({"type": "final" if update.final else "partial", "text": update.text,
+                                "tokens": update.tokens, "audio_s": round(update.audio_s, 4),
+                                "words": [[w, round(a, 4), round(b, 4)] for w, a, b in update.words]})
+            if update.final:
+                await ws.close()
+                return
+
+    async def _websocket(self, request):
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse(max_msg_size=4 * self.max_message_bytes)
+        await ws.prepare(request)
+        if len(self.clients) >= self.max_streams:
+            await self._error(ws, "over_capacity", f"the server is serving its maximum of {self.max_streams} "
+                              "streams; try again later", close_code=1013)
+            return ws
+        sid = uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        self.clients[sid] = queue
+        self.live.open(sid)
+        await ws.send_json({"type": "ready", "sample_rate": self.live.sample_rate, "format": "pcm_s16le",
+                            "chunk_ms": self.mode.chunk_ms, "stream": sid})
+        sender = asyncio.create_task(self._send_results(ws, queue))
+        ended = False
+        try:
+            while not ended:
+                try:
+                    msg = await asyncio.wait_for(ws.receive(), timeout=self.idle_s)
+                except asyncio.TimeoutError:
+                    await self._error(ws, "idle", f"no message for {self.idle_s:g} s; stream closed")
+                    break
+                if msg.type == WSMsgType.BINARY:
+                    data = msg.data
+                    if len(data) > self.max_message_bytes:
+                        await self._error(ws, "message_too_large", f"a binary message of {len(data)} bytes; the "
+                                          f"limit is {self.max_message_bytes} (send audio in smaller pieces)",
+                                          close_code=1009)
+                        break
+                    if len(data) % 2:
+                        await self._error(ws, "bad_frame", f"a binary message of {len(data)} bytes: audio is 16-bit "
+                                          "little-endian PCM, an even number of bytes per message", close_code=1003)
+                        break
+                    self.live.feed(sid, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+                elif msg.type == WSMsgType.TEXT:
+                    try:
+                        kind = json.loads(msg.data).get("type")
+                    except (ValueError, AttributeError):
+                        kind = None
+                    if kind != "end":
+                        await self._error(ws, "bad_message", 'text messages are {"type": "end"} only; audio goes '
+                                          "in binary messages", close_code=1003)
+                        break
+                    self.live.end(sid)
+                    ended = True
+                elif msg.type == WSMsgType.ERROR:
+                    break  # aiohttp closed it (e.g. a message far over the limit: close code 1009)
+                else:  # the client closed
+                    break
+            if ended:
+                await sender  # the final result, then the server closes
+        finally:
+            if not sender.done():
+                sender.cancel()
+                self.live.drop(sid)  # left before its final result: stop computing for it
+            self.clients.pop(sid, None)
+        return ws
+
+
+def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | None = None) -> None:
+    """Load, probe the capacity (unless ``max_streams`` is given), and serve until interrupted."""
+    from aiohttp import web
+
+    from streamtune.streaming.live import probe_capacity
+
+    model, mode = load_bundle_model(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
+    max_streams = options.max_streams
+    if max_streams is None:
+        began = time.perf_counter()
+        max_streams = max(1, probe_capacity(model, mode, options.device))
+        print(f"capacity probe: {max_streams} streams step within half a {mode.chunk_ms} ms chunk on this machine "
+              f"({time.perf_counter() - began:.1f} s; set --max-streams to choose)", flush=True)
+    if options.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {options.host}: anyone who reaches it can stream (no authentication)",
+              flush=True)
+    server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device)
+    print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams: "
+          f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)
+    web.run_app(server.app(), host=options.host, port=options.port, print=None)
