@@ -365,8 +365,9 @@ def main(argv=None) -> int:
            " per utterance); \"encoder\" is the part of it inside `encoder.cache_aware_stream_step` (PyTorch) or the "
            "encoder session's `run` (ORT); the rest is greedy RNN-T (NeMo greedy_batch on PyTorch, the Python loop "
            "over decoder/joiner sessions on ORT) and bookkeeping. RTFx = audio seconds / compute seconds (silence "
-           "padding not counted as audio). WER: `streamtune.evaluation.metrics.corpus_errors` (Whisper-normalised) over the "
-           "same utterances, from the timed runs' tokens (every repetition gave the same tokens unless noted).")
+           "padding not counted as audio). WER: `streamtune.evaluation.metrics.corpus_errors` (Whisper-normalised) "
+           "over the same utterances, from the timed runs' tokens (every repetition gave the same tokens unless "
+           "noted).")
     changed = [f"{r['model']} {r['ms']} ms {side}" for r in rows for side, n in r["res"]["changed"].items() if n]
     if changed:
         notes.append("Tokens differed between repetitions for: " + ", ".join(changed) + ".")

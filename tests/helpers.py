@@ -33,7 +33,8 @@ def seeded(seed: int) -> int:
 
 
 # What a cached test artefact is built from: the library, the demo recipe, the pinned versions and the test setup.
-CACHE_INPUTS = ("streamtune", "recipes/demo/tiny_cpu.yaml", "constraints.txt", "tests/conftest.py", "tests/helpers.py")
+CACHE_INPUTS = ("streamtune", "bench/geometry.py", "recipes/demo/tiny_cpu.yaml", "constraints.txt", "tests/conftest.py",
+                "tests/helpers.py")
 CACHE = REPO / "outputs" / "test-cache"
 
 

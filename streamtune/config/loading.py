@@ -366,7 +366,7 @@ def find_recipe(name: str | Path) -> Path:
 def packaged_recipes() -> dict[str, Path]:
     """``{"demo/tiny_cpu": path, "nemotron/full_finetune": path, ...}``: the recipes installed with streamtune
     (``streamtune/recipes/`` in an installed package; the checkout's ``recipes/`` otherwise)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # streamtune/
     root = here / "recipes"
     if not root.is_dir():
         root = here.parent / "recipes"

@@ -1,13 +1,16 @@
 """Decoding and scoring: every model x test set x chunk mode x decode (streaming / offline).
 
 * :func:`evaluate_models` is what ``evaluate.py`` runs: each model loaded in turn, every test set decoded in
-  every chunk mode both ways (:func:`evaluate_model`), and the per-step latency sweep (``streamtune.evaluation.latency``);
+  every chunk mode both ways (:func:`evaluate_model`), and the per-step latency sweep
+  (``streamtune.evaluation.latency``);
 * :func:`evaluate_model` streams a test set batch by batch and scores WER (Whisper-normalised, the headline),
-  PnC WER and CER per test set and over all of them (:mod:`streamtune.evaluation.metrics`), writing every hypothesis;
+  PnC WER and CER per test set and over all of them (:mod:`streamtune.evaluation.metrics`), writing every
+  hypothesis;
 * :class:`EmissionDelays` measures, where the references carry word timings, how long after a word ends its
   first and last token come out of the stream.
 
-Comparison and gates are in ``streamtune.evaluation.gates``; what is written and printed, in ``streamtune.evaluation.reports``.
+Comparison and gates are in ``streamtune.evaluation.gates``; what is written and printed, in
+``streamtune.evaluation.reports``. Words and their timings come from ``streamtune.streaming.words``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from streamtune.evaluation.metrics import Scores, align, corpus_scores
 from streamtune.evaluation.stats import percentile
 from streamtune.model.chunks import ChunkMode
 from streamtune.streaming.runner import DecodeResult, StreamingRunner
+from streamtune.streaming.words import hypothesis_words, word_timings
 
 DECODES = ("streaming", "offline")
 ALL = "all"  # the test-set name of the pooled scores
@@ -86,51 +90,6 @@ def _result(model: str, test_set: str, mode: ChunkMode, decode: str, decoding: s
 
 
 # ----- emission delay ---------------------------------------------------------------------------------
-def word_groups(tokenizer, tokens: list[int]) -> list[tuple[str, list[int]]]:
-    """SentencePiece tokens grouped into words: ``(word, indices of its tokens)``."""
-    pieces = tokenizer.ids_to_tokens(tokens) if tokens else []
-    groups: list[list[int]] = []
-    for k, piece in enumerate(pieces):
-        if piece.startswith("▁") or not groups:
-            groups.append([])
-        groups[-1].append(k)
-    words = []
-    for g in groups:
-        text = tokenizer.ids_to_text([tokens[k] for k in g]).strip()
-        if text:
-            words.append((text, g))
-    return words
-
-
-def hypothesis_words(tokenizer, tokens: list[int], emit_s: list[float]) -> list[tuple[str, float, float]]:
-    """Words with ``(word, first token's emission, last token's emission)``."""
-    return [(text, emit_s[g[0]], emit_s[g[-1]]) for text, g in word_groups(tokenizer, tokens)]
-
-
-def word_timings(tokenizer, tokens: list[int], frames: list[int], frame_s: float, emit_s: list[float] | None = None,
-                 token_confidence: list[float] | None = None) -> list[dict]:
-    """Per word (:func:`word_groups`): ``start`` / ``end`` in audio seconds (its first token's encoder frame to the
-    end of its last token's frame), ``emitted`` (streaming: the audio time at the end of the chunk that emitted its
-    last token), and ``confidence``, that of its least confident token (NeMo's token confidence, when the decoding
-    computed it). Raises ValueError when the per-token lists do not match the tokens."""
-    groups = word_groups(tokenizer, tokens)
-    for name, values in (("token confidences", token_confidence), ("emission times", emit_s)):
-        if values is not None and len(values) != len(tokens):
-            raise ValueError(f"{len(values)} {name} for {len(tokens)} tokens")
-    rows = []
-    for text, g in groups:
-        row = {"word": text}
-        if len(frames) == len(tokens):
-            row["start"] = round(frames[g[0]] * frame_s, 3)
-            row["end"] = round((frames[g[-1]] + 1) * frame_s, 3)
-        if emit_s:
-            row["emitted"] = round(emit_s[g[-1]], 3)
-        if token_confidence is not None:
-            row["confidence"] = round(min(token_confidence[k] for k in g), 4)
-        rows.append(row)
-    return rows
-
-
 def _match_form(word: str) -> str:
     return normalise_text(word, lowercase=True, strip_punctuation=True)
 

@@ -67,7 +67,8 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
         model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
     log(apply_finetune_mode(model, cfg.finetune))
     check_param_groups(model)
-    use_fast_joint(model.joint)  # training on CPU: the joint's hidden layer fused (streamtune/ops/joint.py); GPU untouched
+    # Training on CPU: the joint's hidden layer fused (streamtune/ops/joint.py); GPU untouched.
+    use_fast_joint(model.joint)
     return model
 
 

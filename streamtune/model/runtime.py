@@ -43,13 +43,3 @@ def set_mmap_threshold(mib: int) -> bool:
         return False
     m_mmap_threshold = -3  # malloc.h
     return bool(mallopt(m_mmap_threshold, int(mib) << 20))
-
-
-def trainer_precision(tcfg) -> str:
-    """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
-    if tcfg.precision != "auto":
-        return tcfg.precision
-    import torch
-
-    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"

@@ -34,7 +34,7 @@ import numpy as np
 
 from streamtune.errors import UserError
 
-PAGE = Path(__file__).with_name("serve_page.html")
+PAGE = Path(__file__).with_name("page.html")
 
 
 @dataclass

@@ -12,8 +12,8 @@ Lhotse cuts file, a Shar dir, a NeMo JSONL manifest or a folder of audio with si
 (the last two go through data_prep's checks; rejected items are counted and listed).
 
 Exit status: 0 all gates passed, 1 a gate failed (--max-wer, --max-regression), 2 bad input.
-Writes results.json (schema: streamtune/evaluation/results.schema.json), results.md, hyps.jsonl (every hypothesis with word
-times and confidence) and PNG plots; --output-manifest also writes NeMo manifests with pred_text.
+Writes results.json (schema: streamtune/evaluation/results.schema.json), results.md, hyps.jsonl (every hypothesis
+with word times and confidence) and PNG plots; --output-manifest also writes NeMo manifests with pred_text.
 
 config -> models and test sets -> decode every chunk mode both ways, score, time -> compare, gate -> reports
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 
 PACKAGES = ["torch", "nemo_toolkit", "lightning", "lhotse", "omegaconf", "wandb", "onnx", "onnxruntime", "sherpa-onnx",
             "numpy"]
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:

@@ -30,22 +30,24 @@ def check_trainer_config(cfg) -> None:
             raise UserError(f"trainer.max_time '{tcfg.max_time}' is not a duration \"DD:HH:MM:SS\"") from None
 
 
+def trainer_precision(tcfg) -> str:
+    """``auto``: bf16 mixed precision on a GPU that has it, fp32 elsewhere."""
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    import torch
+
+    gpu = tcfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def build_trainer(cfg, run_dir: Path, resume_step: int | None = None):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
     from streamtune.config.schema import TrainerConfig
-    from streamtune.model.runtime import trainer_precision
-    from streamtune.training.callbacks import (
-        EMA,
-        ChunkWER,
-        ExactResume,
-        FrozenStaysFrozen,
-        Preemption,
-        SkipNonFinite,
-        Throughput,
-    )
+    from streamtune.training.callbacks import EMA, ChunkWER, FrozenStaysFrozen, SkipNonFinite, Throughput
     from streamtune.training.checkpointing import AtomicCheckpointIO
+    from streamtune.training.resume import ExactResume, Preemption
     from streamtune.training.tracking import make_loggers
 
     tcfg = cfg.trainer
