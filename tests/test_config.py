@@ -113,15 +113,12 @@ def test_every_unset_mandatory_key_is_named_exactly(capsys):
                                                   "model.init_from;")
 
 
-def test_deprecated_spellings_still_work_with_one_warning(capsys):
-    cfg = load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["data.tokenizer_dir=/old/tok", "eval.modes=[offline]"])
-    assert cfg.model.tokenizer_dir == "/old/tok" and resolved(cfg).model.tokenizer.dir == "/old/tok"
-    assert list(cfg.eval.decodes) == ["offline"]
-    err = capsys.readouterr().err
-    assert "'data.tokenizer_dir' is deprecated" in err and "use 'model.tokenizer_dir'" in err
-    assert "'eval.modes' is deprecated" in err and err.count("\n") == 2
-    with pytest.raises(UserError, match="both set, differently"):
-        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["data.tokenizer_dir=/a", "model.tokenizer_dir=/b"])
+def test_an_old_spelling_is_an_unknown_key():
+    """Nothing has been released, so renamed keys keep no old spelling: it fails like any typo, with the hint."""
+    with pytest.raises(UserError, match="unknown config key 'data.tokenizer_dir'.*Did you mean model.tokenizer_dir"):
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["data.tokenizer_dir=/old/tok"])
+    with pytest.raises(UserError, match="unknown config key 'eval.modes'"):
+        load_config(REPO / "recipes/demo/tiny_cpu.yaml", ["eval.modes=[offline]"])
 
 
 def test_a_recipe_builds_on_a_base(tmp_path):
