@@ -1,128 +1,76 @@
-"""Layering, read from the imports (module level and inside functions alike):
-
-library (streamtune/ but streamtune/stages/) <- stages (streamtune/stages/: data_prep, train, evaluate, export; and
-the thin wrappers data_prep/, export/, train.py, evaluate.py at the top) <- bench/ ; tests import anything.
-The library imports no stage; no stage imports bench; no two modules import each other, directly or round a loop.
+"""The import contract is declared in pyproject.toml ([tool.importlinter]) and checked by ``lint-imports``
+(``make lint``): streamtune's packages are layers in pipeline order, the library imports no benchmark and no
+checkout wrapper, and nothing imports in a loop. These tests run that check, show that it catches an import inside
+a function, and check what it cannot express: the checkout wrappers, the package ``__init__`` files and the
+packages pyproject.toml installs.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import REPO
 
-STAGES = ("streamtune.stages", "data_prep", "export", "train", "evaluate")
-BENCH = "bench"
+WRAPPERS = ["train.py", "evaluate.py", "data_prep/__init__.py", "data_prep/__main__.py", "export/__init__.py",
+            "export/__main__.py"]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def layer(module: str) -> str:
-    if module == "streamtune.stages" or module.startswith("streamtune.stages."):
-        return "stage"
-    top = module.split(".")[0]
-    return {"streamtune": "library", "bench": "bench"}.get(top, "stage" if top in STAGES else "other")
-SKIP = {"tests", ".venv", "outputs", "dist", "docs", "runs", "wandb"}
+def imported_modules(path: Path) -> list[str]:
+    """Every module an import statement in ``path`` names, wherever the statement is."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append("." * node.level + (node.module or ""))
+    return names
 
 
-def project_modules(root: Path) -> dict[str, Path]:
-    mods = {}
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if rel.parts[0] in SKIP or any(p.startswith(".") for p in rel.parts):
-            continue
-        name = ".".join(rel.with_suffix("").parts)
-        mods[name.removesuffix(".__init__")] = path
-    return mods
+def test_the_checkout_wrappers_only_call_a_stage():
+    """``python train.py``, ``python -m export`` ...: a wrapper holds no code of its own."""
+    for wrapper in WRAPPERS:
+        for module in imported_modules(REPO / wrapper):
+            assert module.startswith("streamtune.stages."), f"{wrapper} imports {module}"
 
 
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """module -> project modules it imports (every import statement, wherever it is in the file)."""
-    mods = project_modules(root)
-    tops = {m.split(".")[0] for m in mods}
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*parent, base] if base else parent)
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            for target in targets:
-                while target and target not in mods:
-                    target = target.rpartition(".")[0]
-                if target and target.split(".")[0] in tops and target != name:
-                    graph[name].add(target)
-    return graph
+def test_every_package_init_is_a_docstring_only():
+    """A package is its modules: no re-exports (an importer names the module), nothing run on import."""
+    inits = sorted((REPO / "streamtune").rglob("__init__.py"))
+    assert len(inits) >= 12, "the scan sees the tree"
+    for init in inits:
+        body = ast.parse(init.read_text(encoding="utf-8")).body
+        if init.parent.name == "streamtune":  # the root also says its version
+            body = [n for n in body if not (isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "__version__")]
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str), f"{init.relative_to(REPO)}: a docstring and nothing else"
 
 
-def layer_breaks(graph: dict[str, set[str]]) -> list[str]:
-    breaks = []
-    for mod, targets in graph.items():
-        for target in sorted(targets):
-            if layer(mod) == "library" and layer(target) != "library":
-                breaks.append(f"the library imports a stage or bench: {mod} -> {target}")
-            if layer(mod) == "stage" and layer(target) == "bench":
-                breaks.append(f"a stage imports bench: {mod} -> {target}")
-    return breaks
+def test_every_package_is_installed():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "streamtune").rglob("__init__.py")}
+    assert found - listed == set(), "packages pyproject.toml does not install"
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (a package __init__ re-exporting its own
-    submodules excepted)."""
-    index, low, stack, on_stack, out = {}, {}, [], set(), []
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="lint-imports is installed with the dev extra on Python 3.11+")
+def test_the_import_contract_is_kept_and_catches_an_import_inside_a_function(tmp_path):
+    def lint(cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120)
 
-    def visit(v):
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in list(graph):
-        if v not in index:
-            visit(v)
-    return out
-
-
-def test_library_imports_no_stage_and_nothing_imports_in_a_loop():
-    graph = import_graph(REPO)
-    assert {"streamtune.ops.rnnt_loss", "streamtune.stages.train", "streamtune.data.validate", "train",
-            "bench.streaming"} <= set(graph), "the scan sees the tree"
-    assert not layer_breaks(graph), "\n".join(layer_breaks(graph))
-    assert not cycles(graph), f"import cycles: {cycles(graph)}"
-
-
-def test_the_check_catches_a_cycle_and_a_layer_break(tmp_path):
-    (tmp_path / "streamtune" / "stages").mkdir(parents=True)
-    (tmp_path / "streamtune" / "__init__.py").write_text("")
-    (tmp_path / "streamtune" / "stages" / "__init__.py").write_text("")
-    (tmp_path / "streamtune" / "a.py").write_text("def f():\n    from streamtune.b import g\n")
-    (tmp_path / "streamtune" / "b.py").write_text("from streamtune import a\n\n"
-                                                  "def g():\n    import streamtune.stages.x\n")
-    (tmp_path / "streamtune" / "stages" / "x.py").write_text("import bench.y\n")
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "y.py").write_text("")
-    graph = import_graph(tmp_path)
-    assert cycles(graph) == [["streamtune.a", "streamtune.b"]]
-    assert layer_breaks(graph) == ["the library imports a stage or bench: streamtune.b -> streamtune.stages.x",
-                                   "a stage imports bench: streamtune.stages.x -> bench.y"]
+    kept = lint(REPO)
+    assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
+    for top in ("streamtune", "bench", "data_prep", "export"):
+        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    text = tmp_path / "streamtune" / "data" / "text.py"
+    text.write_text(text.read_text() + "\n\ndef scores():\n    from streamtune.evaluation.metrics import word_errors\n")
+    broken = lint(tmp_path)
+    assert broken.returncode == 1, broken.stdout[-3000:] + broken.stderr[-3000:]
+    assert "streamtune.data.text -> streamtune.evaluation.metrics" in broken.stdout, broken.stdout[-3000:]
