@@ -356,8 +356,8 @@ def main(argv=None) -> int:
             "of the full model are dominated by that inflated decoding; its encoder columns are the ones that "
             "carry over to a trained model. Its WER is meaningless and not reported.")
     how = ("How: features computed once per utterance (export feeding), outside the timed calls. Per mode, the "
-           "fp32 directory is written by `export.onnx_export.export_mode` and the int8 one by "
-           "`export.onnx_export.quantize_dir` "
+           "fp32 directory is written by `streamtune.export.onnx_export.export_mode` and the int8 one by "
+           "`streamtune.export.onnx_export.quantize_dir` "
            "(int8 dynamic: weights int8, activations quantised on the fly) into a temporary directory. One warm-up "
            "call per side, then repetitions in rotated order; each repetition decodes every utterance one at a "
            "time on each side. \"compute\" is the wall time of the decoding calls (PyTorch: one "

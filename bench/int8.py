@@ -27,7 +27,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from streamtune.config.schema import ExportConfig
-
     from streamtune.evaluation.metrics import normalise
     from streamtune.export.onnx_check import check_onnx
     from streamtune.model.build import load_model

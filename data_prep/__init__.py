@@ -1,1 +1,2 @@
-"""``python -m data_prep`` in a checkout (installed: ``streamtune-prep``); the code: streamtune/stages/data_prep/."""
+"""``python -m data_prep`` in a checkout (installed: ``streamtune-prep``): the command line is in
+streamtune/stages/data_prep/, the work in streamtune/data/."""

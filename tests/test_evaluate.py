@@ -235,6 +235,7 @@ def test_emission_delay_is_measured_from_word_end(trained_model):
     from streamtune.evaluation.scoring import emission_delays
     from streamtune.streaming.words import hypothesis_words
     from streamtune.streaming.runner import DecodeResult
+    from streamtune.streaming.words import hypothesis_words
 
     tok = trained_model.tokenizer
     ids = [tok.text_to_ids(w) for w in ("red", "lamp", "now")]

@@ -187,10 +187,10 @@ def test_nonfinite_steps_are_skipped_and_counted(corpus, train_tiny, tmp_path):
 
 def test_bucketing_uses_lhotse_dynamic_bucketing(tiny_overrides):
     from lhotse.dataset import DynamicBucketingSampler
-    from streamtune.training.resume import lhotse_sampler
 
     from streamtune.config.loading import load_config
     from streamtune.model.build import build_model
+    from streamtune.training.resume import lhotse_sampler
 
     # 3 buckets of two 10 s batches each fit the corpus' ~100 s (fewer would be used for less data).
     model = build_model(load_config(DEMO_RECIPE, [*tiny_overrides, "data.num_buckets=3", "data.batch_duration_s=10"]),

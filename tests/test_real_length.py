@@ -82,9 +82,9 @@ def test_empty_transcripts_stop_training_unless_allowed(corpus, tiny_overrides, 
 
 def test_bucketing_is_on_by_default_with_equal_count_bins(corpus, tiny_overrides):
     from omegaconf import OmegaConf
-    from streamtune.config.schema import RecipeConfig
 
     from streamtune.config.loading import load_config
+    from streamtune.config.schema import RecipeConfig
     from streamtune.data.survey import survey_training_data
     from streamtune.model.nemo_config import dataset_configs
 

@@ -56,10 +56,10 @@ def test_our_decode_of_the_default_mode_is_nemos_own_transcribe(words_model, wor
 
 
 def test_ema_weights_are_validated_and_saved_in_final_nemo(trained_run):
-    from streamtune.model.checkpoints import load_checkpoint
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from streamtune.model.build import load_model
+    from streamtune.model.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6

@@ -1,7 +1,7 @@
-"""The four stages (data_prep, train, evaluate, export): each a command over the library in ``streamtune``.
+"""The four stages (data_prep, train, evaluate, export): each a command line over the library's packages
+(``streamtune.data``, ``streamtune.training``, ``streamtune.evaluation``, ``streamtune.export`` and the rest).
 
-The library never imports a stage; the stages import the library (and ``evaluate`` uses data_prep's test-set
-conversion). Installed as the console commands ``streamtune-prep``, ``streamtune-train``, ``streamtune-eval`` and
-``streamtune-export``; in a checkout also ``python -m data_prep``, ``python train.py``, ``python evaluate.py`` and
-``python -m export``.
+Argument parsing and the order of the steps only: the library never imports a stage. Installed as the console
+commands ``streamtune-prep``, ``streamtune-train``, ``streamtune-eval`` and ``streamtune-export``; in a checkout
+also ``python -m data_prep``, ``python train.py``, ``python evaluate.py`` and ``python -m export``.
 """
