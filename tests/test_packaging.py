@@ -52,6 +52,8 @@ def test_pip_install_puts_commands_on_path_and_ships_recipes(tmp_path):
         assert (venv / "bin" / command).is_file(), f"{command} not on PATH after pip install"
     installed = {p.name for p in site.iterdir()}
     assert "streamtune" in installed
+    for data in ("evaluation/results.schema.json", "serve/page.html"):  # package data, beside the code that reads it
+        assert (site / "streamtune" / data).is_file(), f"streamtune/{data} not installed"
     for name in ("train", "evaluate", "export", "data_prep", "recipes"):
         assert name not in installed and f"{name}.py" not in installed, f"top-level '{name}' installed"
 
