@@ -100,3 +100,21 @@ def test_both_model_classes_load_and_stream_with_their_rnnt_head(tiny_overrides,
                                                                                           keep_encoded=True)
     assert streaming.tokens == offline.tokens and sum(map(len, offline.tokens)) > 0
     assert _max_diff(offline.encoded, streaming.encoded) < 1e-4
+
+
+def test_the_runner_and_the_live_streams_share_one_streaming_rule():
+    """Windows, drops, the encoder and decoder steps and token extraction are streaming.chunking's, in both the
+    runner and the live streams (the same function objects), and neither writes the rule again; the server's
+    exactness tests (test_serve) show their tokens equal."""
+    import inspect
+
+    from streamtune.streaming import chunking, live, runner
+
+    shared = ("ChunkGeometry", "encoder_step", "decoder_step", "hypothesis_tokens", "record_emissions", "sample_rate")
+    for name in shared:
+        assert getattr(runner, name) is getattr(chunking, name) is getattr(live, name), name
+    for module in (runner, live):
+        source = inspect.getsource(module)
+        for rewritten in ("cache_aware_stream_step(", "rnnt_decoder_predictions_tensor(", "pre_encode_cache_size",
+                          "chunk_size[", "y_sequence.tolist", "_sample_rate"):
+            assert rewritten not in source, f"{module.__name__} writes {rewritten!r} itself"

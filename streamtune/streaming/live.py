@@ -26,6 +26,14 @@ import torch
 
 from streamtune.errors import UserError
 from streamtune.model.chunks import ChunkMode, att_context
+from streamtune.streaming.chunking import (
+    ChunkGeometry,
+    decoder_step,
+    encoder_step,
+    hypothesis_tokens,
+    record_emissions,
+    sample_rate,
+)
 
 
 @dataclass
@@ -85,18 +93,13 @@ class LiveStreams:
         # pre-emphasis; a segment starting `margin_frames` before the first frame wanted gives it exactly.
         self.reach = int(feat.n_fft) // 2 + 1
         self.margin_frames = math.ceil(self.reach / self.hop) + 1
-        self.sample_rate = int(model.preprocessor._sample_rate)
+        self.sample_rate = sample_rate(model)
         self.max_batch = max_batch
-        self.subsampling = int(model.encoder.subsampling_factor)
         self.streams: dict[str, _Stream] = {}  # owned by the stepping thread
         self._inbox: list[tuple[str, str, np.ndarray | None]] = []  # (op, stream, samples)
         self._cond = threading.Condition()
         with att_context(model, mode) as enc:
-            if enc.streaming_cfg is None:
-                enc.setup_streaming_params()
-            cfg = enc.streaming_cfg
-            self.first_chunk, self.chunk = int(cfg.chunk_size[0]), int(cfg.chunk_size[1])
-            self.pre_cache = int(cfg.pre_encode_cache_size[1])
+            self.geometry = ChunkGeometry.of(model, enc)
 
     # ----- what clients send (any thread) ------------------------------------------------------
     def _post(self, op: str, stream_id: str, samples: np.ndarray | None = None) -> None:
@@ -197,7 +200,7 @@ class LiveStreams:
     def _add_features(self, s: _Stream, new: torch.Tensor, last: int) -> None:
         s.feats = new.clone() if s.feats is None else torch.cat([s.feats, new], dim=1)
         # Drop what neither the next window (its look-back) nor the next segment needs.
-        keep_frame = max(0, s.start - self.pre_cache)
+        keep_frame = self.geometry.window(s.start, s.step)[0]
         if keep_frame > s.feats_start:
             s.feats = s.feats[:, keep_frame - s.feats_start:]
             s.feats_start = keep_frame
@@ -210,13 +213,12 @@ class LiveStreams:
     def _window(self, s: _Stream) -> tuple[int, int, int] | None:
         """(window start, window end, pre-encoded frames to drop) of the stream's next step, when its frames are
         there: the runner's exact feeding (look-back clipped at the stream start)."""
-        end = s.start + (self.first_chunk if s.step == 0 else self.chunk)
+        window_start, end = self.geometry.window(s.start, s.step)
         if s.ended and s.start >= s.frames_total:
             return None
         if s.frames_have < (min(end, s.frames_total) if s.ended else end):
             return None
-        window_start = max(0, s.start - self.pre_cache)
-        return window_start, end, math.ceil((s.start - window_start) / self.subsampling)
+        return window_start, end, self.geometry.drop(s.start, window_start)
 
     @torch.no_grad()
     def step(self) -> list[Update]:
@@ -256,23 +258,18 @@ class LiveStreams:
             window_len[j] = frames.shape[1]
             if s.cache is None:
                 s.cache = enc.get_initial_cache_state(batch_size=1, dtype=window.dtype, device=self.device)
-        encoded, enc_len, next_channel, next_time, next_len = enc.cache_aware_stream_step(
-            processed_signal=window, processed_signal_length=window_len,
-            cache_last_channel=torch.cat([s.cache[0] for s, _, _ in members], dim=1),
-            cache_last_time=torch.cat([s.cache[1] for s, _, _ in members], dim=1),
-            cache_last_channel_len=torch.cat([s.cache[2] for s, _, _ in members], dim=0),
-            keep_all_outputs=True, drop_extra_pre_encoded=drop)
-        hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-            encoder_output=encoded, encoded_lengths=enc_len, return_hypotheses=True,
-            partial_hypotheses=None if first else [s.hyp for s, _, _ in members])
+        cache = (torch.cat([s.cache[0] for s, _, _ in members], dim=1),
+                 torch.cat([s.cache[1] for s, _, _ in members], dim=1),
+                 torch.cat([s.cache[2] for s, _, _ in members], dim=0))
+        encoded, enc_len, (next_channel, next_time, next_len) = encoder_step(enc, window, window_len, cache, drop)
+        hyps = decoder_step(self.model, encoded, enc_len, None if first else [s.hyp for s, _, _ in members])
         hop_s = self.hop / self.sample_rate
         updates = []
         for j, (s, _, end) in enumerate(members):
             s.cache = (next_channel[:, j:j + 1].clone(), next_time[:, j:j + 1].clone(), next_len[j:j + 1].clone())
             s.hyp = hyps[j]
             covered = min(end, s.frames_total) if s.ended else end
-            # Tokens new in this step were available once the chunk's audio had arrived (as the runner records).
-            s.emit_s.extend([covered * hop_s] * (len(s.hyp.y_sequence) - len(s.emit_s)))
+            record_emissions(s.emit_s, s.hyp, covered * hop_s)
             s.start, s.step = end, s.step + 1
             updates.append(self._update(s, final=False, covered_s=covered * hop_s))
         return updates
@@ -280,8 +277,7 @@ class LiveStreams:
     def _update(self, s: _Stream, final: bool, covered_s: float) -> Update:
         from streamtune.streaming.words import hypothesis_words
 
-        seq = [] if s.hyp is None else s.hyp.y_sequence
-        tokens = [int(t) for t in (seq.tolist() if torch.is_tensor(seq) else seq)]
+        tokens = hypothesis_tokens(s.hyp)
         tokenizer = self.model.tokenizer
         return Update(s.id, tokens, tokenizer.ids_to_text(tokens) if tokens else "",
                       hypothesis_words(tokenizer, tokens, s.emit_s), covered_s, final)

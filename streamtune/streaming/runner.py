@@ -22,12 +22,12 @@ fills it, which for the 80 ms mode (first chunk = 1 mel frame) feeds the
 subsampling convolutions 8 zero mel frames whose intermediate activations are
 not the zero padding the offline convolutions see. We clip the window at the
 utterance start and drop exactly the pre-encoded frames already emitted,
-which makes streaming equal offline in every mode.
+which makes streaming equal offline in every mode. That rule (windows, drops, the encoder and decoder steps,
+tokens and their emission times) is ``streamtune.streaming.chunking``, which the live streams use too.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +36,14 @@ import numpy as np
 import torch
 
 from streamtune.model.chunks import ChunkMode, att_context
+from streamtune.streaming.chunking import (
+    ChunkGeometry,
+    decoder_step,
+    encoder_step,
+    hypothesis_tokens,
+    record_emissions,
+    sample_rate,
+)
 
 FEEDINGS = ("exact", "export")
 
@@ -119,10 +127,7 @@ class StreamingRunner:
         return feats[0, :, : int(feat_len[0])]
 
     def pre_cache_frames(self) -> int:
-        enc = self.model.encoder
-        if enc.streaming_cfg is None:
-            enc.setup_streaming_params()
-        return int(enc.streaming_cfg.pre_encode_cache_size[1])
+        return ChunkGeometry.of(self.model, self.model.encoder).pre_cache
 
     def hop_samples(self) -> int:
         return int(self.model.preprocessor.featurizer.hop_length)
@@ -158,11 +163,6 @@ class StreamingRunner:
         return [self.model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
 
     @staticmethod
-    def _token_list(hyp) -> list[int]:
-        seq = hyp.y_sequence
-        return [int(t) for t in (seq.tolist() if torch.is_tensor(seq) else seq)]
-
-    @staticmethod
     def _frame_list(hyp) -> list[int]:
         stamps = hyp.timestamp
         if isinstance(stamps, dict):
@@ -180,7 +180,7 @@ class StreamingRunner:
 
     def frame_s(self) -> float:
         """Seconds of audio per encoder frame (10 ms mel hop x subsampling: 80 ms)."""
-        return self.hop_samples() * self.subsampling / float(self.model.preprocessor._sample_rate)
+        return self.hop_samples() * self.subsampling / float(sample_rate(self.model))
 
     # ----- offline ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -193,11 +193,9 @@ class StreamingRunner:
             for idx in self._batches(len(feats)):
                 batch, lengths = self._pad([feats[i] for i in idx])
                 encoded, enc_len = enc(audio_signal=batch, length=lengths)
-                hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                    encoder_output=encoded, encoded_lengths=enc_len, return_hypotheses=True
-                )
+                hyps = decoder_step(self.model, encoded, enc_len, None)
                 for j, i in enumerate(idx):
-                    tokens[i] = self._token_list(hyps[j])
+                    tokens[i] = hypothesis_tokens(hyps[j])
                     frames[i] = self._frame_list(hyps[j])
                     confidence[i] = self._confidence_list(hyps[j])
                     if keep_encoded:
@@ -230,7 +228,7 @@ class StreamingRunner:
                 out.step_times.extend(times)
                 out.step_streams.extend(streams)
                 for j, i in enumerate(idx):
-                    tokens[i], emit_s[i] = self._token_list(hyps[j]) if hyps[j] is not None else [], emits[j]
+                    tokens[i], emit_s[i] = hypothesis_tokens(hyps[j]), emits[j]
                     frames[i] = self._frame_list(hyps[j]) if hyps[j] is not None else []
                     confidence[i] = self._confidence_list(hyps[j]) if hyps[j] is not None else None
                     if keep_encoded:
@@ -244,9 +242,8 @@ class StreamingRunner:
             torch.cuda.synchronize(self.device)
 
     def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool, on_step=None):
-        cfg = enc.streaming_cfg
-        first_chunk, chunk = cfg.chunk_size
-        pre_cache = cfg.pre_encode_cache_size[1]
+        geo = ChunkGeometry.of(self.model, enc)
+        pre_cache = geo.pre_cache
         batch, lengths = self._pad(feats)
         n_streams = len(feats)
         cache_channel, cache_time, cache_channel_len = enc.get_initial_cache_state(
@@ -257,7 +254,7 @@ class StreamingRunner:
         emits: list[list[float]] = [[] for _ in range(n_streams)]
         times: list[float] = []
         streams: list[int] = []
-        hop_s = self.hop_samples() / float(self.model.preprocessor._sample_rate)
+        hop_s = self.hop_samples() / float(sample_rate(self.model))
         lengths_list = lengths.tolist()
         export = self.feeding == "export"
         # In export feeding the audio starts after `silence_frames()` frames of silence; the first window
@@ -270,12 +267,10 @@ class StreamingRunner:
             self._sync()
             began = time.perf_counter()
             if export:  # fixed windows: cache + chunk frames, the graph's own fixed drop
-                end = start + chunk
+                end = start + geo.chunk
                 window_start, drop = start - pre_cache, None
             else:
-                end = start + (first_chunk if step == 0 else chunk)
-                # The subsampling's look-back: up to `pre_cache` frames, never before the utterance start.
-                window_start = max(0, start - pre_cache)
+                window_start, end = geo.window(start, step)
             window = batch[:n, :, window_start:end]
             window_len = torch.clamp(lengths[:n] - window_start, max=end - window_start)
             if self.zero_fill_pre_cache and not export and step > 0 and start - window_start < pre_cache:
@@ -284,17 +279,9 @@ class StreamingRunner:
                 window_len = window_len + missing
                 window_start -= missing
             if not export:
-                # Pre-encoded frames that cover only already-emitted audio: one per `subsampling` frames of look-back.
-                drop = math.ceil((start - window_start) / self.subsampling)
-            encoded, enc_len, next_channel, next_time, next_channel_len = enc.cache_aware_stream_step(
-                processed_signal=window,
-                processed_signal_length=window_len,
-                cache_last_channel=cache_channel[:, :n],
-                cache_last_time=cache_time[:, :n],
-                cache_last_channel_len=cache_channel_len[:n],
-                keep_all_outputs=True,
-                drop_extra_pre_encoded=drop,
-            )
+                drop = geo.drop(start, window_start)
+            encoded, enc_len, (next_channel, next_time, next_channel_len) = encoder_step(
+                enc, window, window_len, (cache_channel[:, :n], cache_time[:, :n], cache_channel_len[:n]), drop)
             if on_step is not None:
                 self._sync()  # only to split the step's time for the hook
             encoded_at = time.perf_counter()
@@ -303,23 +290,15 @@ class StreamingRunner:
             cache_time[:, :n] = next_time
             cache_channel_len[:n] = next_channel_len
             if self.carries:
-                new_hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                    encoder_output=encoded,
-                    encoded_lengths=enc_len,
-                    return_hypotheses=True,
-                    partial_hypotheses=hyps[:n] if step > 0 else None,
-                )
-                hyps[:n] = new_hyps
+                hyps[:n] = decoder_step(self.model, encoded, enc_len, hyps[:n] if step > 0 else None)
             self._sync()
             ended = time.perf_counter()
             times.append(ended - began)
             streams.append(n)
             stop = on_step is not None and on_step(StepTiming(step, n, encoded_at - began, ended - encoded_at))
-            for j in range(n):
-                if self.carries:
-                    # Tokens new in this step were available once the chunk's audio (up to `end`) had arrived.
-                    new = len(hyps[j].y_sequence) - len(emits[j])
-                    emits[j].extend([(min(end, lengths_list[j]) - shift) * hop_s] * new)
+            if self.carries:
+                for j in range(n):
+                    record_emissions(emits[j], hyps[j], (min(end, lengths_list[j]) - shift) * hop_s)
             if keep_encoded or not self.carries:
                 for j in range(n):
                     pieces[j].append(encoded[j, :, : int(enc_len[j])].T)
@@ -331,9 +310,8 @@ class StreamingRunner:
             # The search runs once over each stream's encoder output, when the stream has ended.
             streamed = [torch.cat(p) if p else encoded.new_zeros(0, encoded.shape[1]) for p in pieces]
             batch_out, out_len = self._pad([e.T for e in streamed])
-            hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                encoder_output=batch_out, encoded_lengths=out_len, return_hypotheses=True)
+            hyps = decoder_step(self.model, batch_out, out_len, None)
             for j in range(n_streams):
-                emits[j] = [(lengths_list[j] - shift) * hop_s] * len(hyps[j].y_sequence)
+                record_emissions(emits[j], hyps[j], (lengths_list[j] - shift) * hop_s)
         encoded_full = [torch.cat(p).cpu() if p else torch.zeros(0) for p in pieces] if keep_encoded else None
         return hyps, emits, encoded_full, times, streams
