@@ -52,7 +52,7 @@ def _batches(corpus, root, *overrides, n: int = 4) -> list[np.ndarray]:
 
     model = build_model(_config(corpus, root, *overrides), log=lambda _: None)
     out = []
-    for k, batch in enumerate(model._train_dl):  # (eight cuts: an epoch is two batches unless perturbed)
+    for k, batch in enumerate(model.train_dataloader()):  # (eight cuts: an epoch is two batches unless perturbed)
         if k == n:
             break
         audio, lengths = batch[:2]

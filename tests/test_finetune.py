@@ -195,7 +195,7 @@ def test_bucketing_uses_lhotse_dynamic_bucketing(tiny_overrides):
     # 3 buckets of two 10 s batches each fit the corpus' ~100 s (fewer would be used for less data).
     model = build_model(load_config(DEMO_RECIPE, [*tiny_overrides, "data.num_buckets=3", "data.batch_duration_s=10"]),
                         log=lambda _: None)
-    sampler = lhotse_sampler(model._train_dl)
+    sampler = lhotse_sampler(model.train_dataloader())
     assert isinstance(sampler, DynamicBucketingSampler) and sampler.num_buckets == 3
     assert all(len(batch) > 0 for batch, _ in zip(sampler, range(3)))
 

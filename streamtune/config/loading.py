@@ -56,8 +56,10 @@ def _known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     for key in cfg.keys():
         full = f"{prefix}{key}"
         keys.append(full)
-        value = cfg._get_node(key)
-        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue  # unset or a reference: no keys of its own to offer
+        value = cfg[key]
+        if isinstance(value, DictConfig):
             keys.extend(_known_keys(value, full + "."))
     return keys
 
@@ -219,10 +221,9 @@ def require(cfg: DictConfig, keys: list[str]) -> None:
 @contextmanager
 def _environment_kept():
     """While active, ``${oc.env:NAME}`` resolves to its own text: a secret read from the environment stays an
-    interpolation (in every value derived from it too) instead of being written out."""
-    from omegaconf.basecontainer import BaseContainer
-
-    saved = BaseContainer._resolvers.get("oc.env")
+    interpolation (in every value derived from it too) instead of being written out. On leaving, OmegaConf's
+    own resolver (``omegaconf.resolvers.oc.env``, the one it registers at import) is put back."""
+    from omegaconf.resolvers import oc
 
     def keep(name, default=_NO_DEFAULT):
         return "${oc.env:" + str(name) + ("" if default is _NO_DEFAULT else f",{default}") + "}"
@@ -231,7 +232,7 @@ def _environment_kept():
     try:
         yield
     finally:
-        BaseContainer._resolvers["oc.env"] = saved
+        OmegaConf.register_new_resolver("oc.env", oc.env, replace=True)
 
 
 _NO_DEFAULT = object()

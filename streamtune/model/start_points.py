@@ -147,9 +147,13 @@ def start_from(cfg: DictConfig, trainer=None):
     except Exception as err:
         # NeMo leaves its process-wide "a model is being restored" flag set when a restore fails; every
         # model built afterwards in this process would then skip its data setup.
-        from nemo.core.classes.modelPT import ModelPT
+        # What NeMo's private ModelPT._set_model_restore_state(is_being_restored=False) sets, through the
+        # public AppState properties.
+        from nemo.utils import AppState
 
-        ModelPT._set_model_restore_state(is_being_restored=False)
+        app_state = AppState()
+        app_state.is_model_being_restored = False
+        app_state.nemo_file_folder = None
         if not isinstance(err, RuntimeError):
             raise
         if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):

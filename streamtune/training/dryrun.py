@@ -22,7 +22,7 @@ def dry_run(cfg) -> str:
             rows.append(f"| {name} | {n:,} | {t:,} |")
         total, trainable = total + n, trainable + t
     rows.append(f"| **total** | **{total:,}** | **{trainable:,}** |")
-    batch = next(iter(model._train_dl))
+    batch = next(iter(model.train_dataloader()))
     audio, audio_len = batch[0], batch[1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     start = time.perf_counter()

@@ -87,7 +87,7 @@ class ExactResume(pl.Callback):
     def load_state_dict(self, state_dict):
         self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
         self._resumed = state_dict
-        dl = getattr(self._module, "_train_dl", None)
+        dl = self._module.train_dataloader() if self._module is not None else None  # NeMo: the one it set up
         sampler = lhotse_sampler(dl)
         if sampler is None or (dl.num_workers > 0 and sampler is not getattr(dl, "sampler", None)):
             why = "has no Lhotse sampler" if sampler is None else "is read in loader workers"
