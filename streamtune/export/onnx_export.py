@@ -38,7 +38,7 @@ def _encoder_metadata(model, mode: ChunkMode) -> dict[str, str]:
         "subsampling_factor": int(enc.subsampling_factor),
         "pred_rnn_layers": int(model.decoder.pred_rnn_layers),
         "pred_hidden": int(model.decoder.pred_hidden),
-        "feat_dim": int(enc._feat_in),
+        "feat_dim": int(enc._feat_in),  # NeMo 3.0.0: ConformerEncoder keeps its feat_in only as this private
         "normalize_type": "" if model.cfg.preprocessor.get("normalize", "NA") in ("NA", None) else
         str(model.cfg.preprocessor.normalize),
         "chunk_ms": mode.chunk_ms,
@@ -54,6 +54,8 @@ def _encoder_metadata(model, mode: ChunkMode) -> dict[str, str]:
 
 def _external_files(graph) -> list[str]:
     """Files the graph's tensors (initializers and node attributes, e.g. large Constants) keep their data in."""
+    # onnx 1.23.2: the private helper its own load/convert_model_to_external_data walk the tensors with; no public
+    # function lists those inside node attributes as well as the initializers.
     from onnx.external_data_helper import _get_all_tensors
 
     return sorted({e.value for t in _get_all_tensors(graph) for e in t.external_data if e.key == "location"})

@@ -23,6 +23,8 @@ def _safe_globals() -> list:
 
     omegaconf = [DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.BooleanNode,
                  nodes.BytesNode, nodes.FloatNode, nodes.IntegerNode, nodes.PathNode, nodes.StringNode]
+    # numpy 2.4.6 pickles arrays through the private numpy._core.multiarray._reconstruct (numpy.core before 2.0);
+    # torch.load's allow-list must name that very function, there is no public alias.
     core = getattr(np, "_core", None) or np.core
     arrays = [np.ndarray, np.dtype, core.multiarray._reconstruct, *{type(np.dtype(t)) for t in "?bBhHiIlLqQefdgFDG"}]
     return [*omegaconf, *arrays, collections.defaultdict, collections.OrderedDict, typing.Any,

@@ -190,5 +190,6 @@ def use_fast_joint(joint) -> bool:
     whether its layout allows it (``joint_net = [ReLU, Dropout?, Linear]``, i.e. ``activation: relu``)."""
     if _fusable_layers(joint) is None or not hasattr(joint, "joint_after_projection"):
         return False
+    # NeMo 3.0.0 has no hook for the joint's computation: its public method is replaced on this instance only.
     joint.joint_after_projection = types.MethodType(_joint_after_projection, joint)
     return True

@@ -82,7 +82,8 @@ def _edge_log_probs(logits: torch.Tensor, labels: torch.Tensor, logit_lengths: t
     for b, t0, t1, n in _chunks(logit_lengths, target_lengths, vocab):
         x = logits[b, t0:t1, :n]
         lsm = buffer[: x.numel()].view(x.shape)
-        torch.ops.aten._log_softmax.out(x, -1, False, out=lsm)  # into a reused buffer: no full-size temporary
+        # torch 2.13: aten's private _log_softmax.out writes into a reused buffer (no full-size temporary).
+        torch.ops.aten._log_softmax.out(x, -1, False, out=lsm)
         blank_lp[b, t0:t1, :n] = lsm[..., blank]
         if n > 1:
             index = labels[b, : n - 1].view(1, -1, 1).expand(t1 - t0, -1, 1)
@@ -189,7 +190,7 @@ class _RNNTLoss(torch.autograd.Function):
             grad[b, :n_t, n_u + 1:] = 0
         for b, t0, t1, n in _chunks(logit_lengths, target_lengths, vocab):
             g = grad[b, t0:t1, :n]
-            if n == nodes:  # contiguous: the softmax is written in place, no temporary
+            if n == nodes:  # contiguous: aten's private _softmax.out (torch 2.13) writes it in place, no temporary
                 torch.ops.aten._softmax.out(logits[b, t0:t1], -1, False, out=g)
             else:
                 g.copy_(torch.softmax(logits[b, t0:t1, :n], -1))
@@ -243,8 +244,9 @@ class StreamtuneRNNTLoss(torch.nn.Module):
 def register() -> None:
     """Make ``model.loss.loss_name: streamtune`` resolvable by NeMo's ``RNNTLoss`` (idempotent).
 
-    NeMo resolves loss names through ``RNNT_LOSS_RESOLVER`` and an if/elif chain in ``resolve_rnnt_loss``; we add
-    our entry to the first and answer for our name in front of the second. Other names go to NeMo unchanged.
+    NeMo (3.0.0) resolves loss names through ``RNNT_LOSS_RESOLVER`` and an if/elif chain in ``resolve_rnnt_loss``
+    and has no registration hook; we add our entry to the first and answer for our name in front of the second
+    (both public names, patched in place). Other names go to NeMo unchanged.
     """
     from nemo.collections.asr.losses import rnnt as nemo_rnnt
 

@@ -213,6 +213,7 @@ class FrozenStaysFrozen(pl.Callback):
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         self.modules = []
         for name, module in model.named_modules():
+            # torch 2.13: the private _BatchNorm is the one base of every batch norm (1d/2d/3d, Sync, Lazy).
             if not isinstance(module, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)):
                 continue
             if "adapter_layer" in name:

@@ -98,7 +98,9 @@ class ExactResume(pl.Callback):
         iter(sampler)
         for _ in range(self.batches):
             next(sampler)
-        # Lhotse's own restore protocol: the next iter() (the DataLoader's) continues from here.
+        # Lhotse 1.33.0 has no public way to say "continue from here": its own load_state_dict() fast-forwards
+        # like this and then sets the private _just_restored_state, so the next iter() (the DataLoader's) keeps
+        # the position instead of restarting the epoch. Ours comes from (epoch, batches), not a sampler state.
         sampler._just_restored_state = True
         print(f"resume: data position epoch {self.epoch}, {self.batches} batches in", flush=True)
 
