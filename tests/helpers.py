@@ -1,6 +1,6 @@
 """What the tests share besides fixtures (those are in conftest.py): paths, the suite's seed offset and thread
-count, running an entry point, checking a one-line error, a model whose greedy search writes a hypothesis the test
-chooses, and reading an offline W&B run back."""
+count, running an entry point, dropping or reading overrides by key, checking a one-line error, a model whose
+greedy search writes a hypothesis the test chooses, and reading an offline W&B run back."""
 
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ def _tree_digest(root: Path) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".complete"):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def without(overrides: list[str], *keys: str) -> list[str]:
+    """``overrides`` less every one whose key (the text before its first ``=``) is one of ``keys``."""
+    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 def value_of(overrides: list[str], key: str) -> str:

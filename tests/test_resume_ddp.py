@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import DEMO_RECIPE, REPO
+from tests.helpers import DEMO_RECIPE, REPO, without
 
 pytestmark = pytest.mark.e2e  # the second tier: kills, resumes and 2-process runs: each a fresh Python with NeMo
 
@@ -38,8 +38,7 @@ def seen(probe_dir: Path, rank: int = 0) -> list[tuple[int, str]]:
 
 def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_path):
     """8 steps straight vs. killed while writing step 6's checkpoint, then run.resume=auto to 8."""
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=",
-                                                           "trainer.val_check_interval="))]
+    base = without(tiny_overrides, "run.output_dir", "trainer.max_steps", "trainer.val_check_interval")
     # Validation (and a best-k checkpoint) at step 4, a periodic checkpoint every 2 steps; dither and dropout on,
     # so the RNG streams matter; the 48-utterance set is ~3 batches, so the data crosses epoch boundaries.
     common = [*base, *DROPOUT, "trainer.max_steps=8", "trainer.val_check_interval=4",
@@ -77,7 +76,7 @@ def test_sigkill_mid_checkpoint_then_resume_auto_is_exact(tiny_overrides, tmp_pa
 
 
 def _ddp_overrides(tiny_overrides, tmp_path) -> list[str]:
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps="))]
+    base = without(tiny_overrides, "run.output_dir", "trainer.max_steps")
     # Batches of at most 6 s: the eight batches (4 steps x 2 ranks) take at most 48 s of the corpus' ~80 s, so no
     # rank reaches the end of an epoch, where Lhotse gives every rank a copy of a cut left over when fewer remain
     # than ranks (with 20 s batches both ranks trained on one such copy at step 3: STREAMTUNE_TEST_SEED=1).
@@ -125,8 +124,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_is_exact(tiny_overrides, tmp_p
     import signal
     import time
 
-    base = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "trainer.max_steps=",
-                                                           "trainer.val_check_interval="))]
+    base = without(tiny_overrides, "run.output_dir", "trainer.max_steps", "trainer.val_check_interval")
     common = [*base, *DROPOUT, "trainer.max_steps=10", "trainer.val_check_interval=10",
               "trainer.checkpoint_every_n_steps=100"]
     straight = run_probe([*common, f"run.output_dir={tmp_path / 'straight'}"], tmp_path / "p-straight")
