@@ -76,7 +76,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# What a lent GPU machine needs carried for bench/gpu/run.sh: wheels (.whl/) and the demo model (.gpukit/).
+# What a GPU machine needs carried for bench/gpu/run.sh: wheels (.whl/) and the demo model (.gpukit/).
 gpu-wheels: setup
 	PY=$(PY) bash bench/gpu/fetch.sh
 

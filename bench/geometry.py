@@ -1,7 +1,7 @@
 """Model sizes as recipe overrides (applied on the demo recipe), shared by tests and benchmarks.
 
 ``FULL``: nvidia/nemotron-speech-streaming-en-0.6b's encoder, decoder and joint sizes (24 layers, d_model 1024,
-8 heads, 128 mels, 2-layer LSTM prediction net of 640, joint 640; see NEMO_NOTES.md), for measurements with random
+8 heads, 128 mels, 2-layer LSTM prediction net of 640, joint 640, from its .nemo's config), for measurements with random
 weights. ``TINY``: the demo geometry in miniature (same class, same four chunk modes), so that the test suite trains
 real models in seconds.
 """

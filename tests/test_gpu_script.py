@@ -1,4 +1,4 @@
-"""bench/gpu/run.sh --smoke: the GPU proof's script runs end to end on CPU at toy sizes (so that device minutes are
+"""bench/gpu/run.sh --smoke: the GPU proof's script runs end to end on CPU at toy sizes (so that GPU time is
 not spent on typos), writing every section it will write on the GPU."""
 
 from __future__ import annotations

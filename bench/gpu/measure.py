@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s (NVIDIA's figure; KINDS.md measured ~790e12 on an 8192^3 matmul)
+H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s: NVIDIA's datasheet figure (a large bf16 matmul reaches less)
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec " \
         "romeo sierra tango uniform victor whiskey xray yankee zulu".split()
 

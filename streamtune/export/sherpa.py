@@ -2,7 +2,7 @@
 
 sherpa-onnx computes its own features (kaldi-style fbank) and feeds fixed windows from the first
 sample, never runs a final partial window, and has no padding of its own. Measured on the demo model
-(its 60 test utterances; README, "Feeding an exported encoder"), what makes it agree with our streaming:
+(docs/export.md, "Feeding an exported encoder"), what makes it agree with our streaming:
 
 * **left padding** ``16 * hop + hop / 2`` samples of silence (2,640 at 16 kHz): 16 frames put its
   windows on the grid the model was trained on (as ``StreamingRunner(feeding="export")``), and half a

@@ -2,7 +2,7 @@
 
 NeMo's CPU RNN-T losses walk the (t, u) lattice in Python: ``pytorch`` with one autograd node per cell (each
 backward node materialises a full-size zero gradient), ``warprnnt_numba`` with 0-d tensor operations per cell.
-Both are unusable beyond a few seconds of audio (README, "RNN-T loss on CPU"; BENCHMARKS.md). This module
+Both are unusable beyond a few seconds of audio (docs/rnnt_loss.md; BENCHMARKS.md, "RNN-T loss on CPU"). This module
 computes the same function in three vectorised passes:
 
 1. **Normalisation**: from the joint's output ``[B, T, U+1, V]`` only two numbers per lattice node are needed,

@@ -150,7 +150,7 @@ def resolve_run_dir(cfg) -> tuple[Path, Path | None, int]:
         run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name) if is_global_zero() else None
         if run_dir is None:
             raise UserError("a multi-process launch needs a shared launch id (SLURM_JOB_ID or torchrun's "
-                            "--rdzv-id); see README 'Many GPUs and nodes'")
+                            "--rdzv-id); see docs/training.md, 'Many GPUs and nodes'")
     os.environ["STREAMTUNE_RUN_DIR"] = str(run_dir)  # children started by Lightning's launcher inherit it
     os.environ["STREAMTUNE_RESUME_CKPT"] = str(ckpt) if ckpt else ""
     os.environ["STREAMTUNE_RESUME_STEP"] = str(step)
