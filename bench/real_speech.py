@@ -14,9 +14,9 @@ Then the two user commands run unchanged:
     python evaluate.py --config recipes/demo/tiny_cpu.yaml --model MODEL \\
         --cuts real=outputs/real_speech/prepared/cuts_test.jsonl.gz --out outputs/real_speech/eval
 
-The demo model is trained on 96 synthetic words: on real read speech its WER is expected to be
-near or above 100 %. The point is that real files flow through preparation, resampling,
-streaming and scoring without error, and streaming still equals offline.
+The demo model is trained on 96 synthetic words: on real read speech its WER says nothing about
+accuracy. The point is that real files flow through preparation, resampling, streaming and scoring
+without error, and streaming still equals offline.
 """
 
 from __future__ import annotations

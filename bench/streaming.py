@@ -300,7 +300,7 @@ def realtime(name, model, runner, speech, plan: Plan, guard: Guard, log) -> list
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser, "small sizes: a ~2 minute smoke check")
+    add_model_args(parser, "small sizes: a quick smoke check")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--quiet-wait", type=float, default=300,
                         help="seconds to wait, before each section, for other processes to go quiet")

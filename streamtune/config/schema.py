@@ -183,8 +183,8 @@ class EvalConfig:
     output_dir: Optional[str] = None
     # glibc only: allocations of at least this many MiB are mapped and returned to the system when freed. glibc's
     # own threshold grows to 32 MiB, and batches of varying shapes then fragment the heap: peak memory crept up
-    # with the test set (1,000 vs 100 utterances: 1.23-1.29x; 4 MiB: 1.10x, 0-15 % more time; see
-    # BENCHMARKS.md "Evaluation at scale"). 0 keeps glibc's default; at most 32 (glibc's limit).
+    # with the size of the test set (measured with and without it: BENCHMARKS.md, "Evaluation at scale").
+    # 0 keeps glibc's default; at most 32 (glibc's limit).
     mmap_threshold_mib: int = 4
 
 

@@ -20,7 +20,7 @@ hyphenated words (``mother's``, ``don't``, ``e-mail``), and now and then a ``[no
 noise is in the audio. ``style="plain"`` gives lower-case words without punctuation (the corpora of earlier
 versions, for comparisons).
 
-Long utterances (``--min-words 25 --max-words 110`` gives about 8–40 s) are read as paragraphs: an
+Long utterances (``--min-words 25 --max-words 110``: tens of seconds) are read as paragraphs: an
 utterance of more than ``PHRASE_WORDS`` words is spoken in phrases of 6–14 words with a short pause
 between them, where a reader would breathe (a comma for espeak-ng, written in the transcript in the
 written style, left out in the plain one).

@@ -6,8 +6,8 @@ sample, never runs a final partial window, and has no padding of its own. Measur
 
 * **left padding** ``16 * hop + hop / 2`` samples of silence (2,640 at 16 kHz): 16 frames put its
   windows on the grid the model was trained on (as ``StreamingRunner(feeding="export")``), and half a
-  hop moves kaldi's frames (no centre padding) onto NeMo's centred STFT frames. Without it: 15.8 %
-  WER vs our 11.4 % at 560 ms; 80 samples less: 14.9 %; with it: 11.9 %.
+  hop moves kaldi's frames (no centre padding) onto NeMo's centred STFT frames (docs/export.md gives the WER
+  without it, with it and with 80 samples less).
 * **tail padding** ``chunk_shift + 2`` hops of silence, so that the last real frames get a window.
 
 What stays different is the feature extraction itself (fbank vs. NeMo's mel front end: frame

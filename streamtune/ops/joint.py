@@ -3,10 +3,10 @@
 NeMo's joint computes ``Linear(Dropout(ReLU(f[:, :, None] + g[:, None])))`` over ``[B, T, U+1, H]``. On real-length
 speech that tensor dominates a CPU step (BENCHMARKS.md, "Training on real-length speech"): the broadcast sum, the
 ReLU and the dropout each make a full-size pass, and torch's CPU dropout draws its mask one serial random number
-per element: on the 18.5 M elements of a 48 s batch of the demo model, 340 ms of the joint's ~520 ms forward and
-backward (2 cores, AMD EPYC). Here one compiled pass (split over torch's thread count) computes the hidden layer
-and a 1-byte mask, and one pass back gives both gradients (sums over ``u`` and over ``t``, float64 accumulators):
-~75 ms for the same batch.
+per element, the larger part of the joint's time on a long batch. Here one compiled pass (split over torch's
+thread count) computes the hidden layer and a 1-byte mask, and one pass back gives both gradients (sums over ``u``
+and over ``t``, float64 accumulators). The BENCHMARKS.md section times a long batch's step part by part, with
+NeMo's joint and with this one.
 
 The dropout is exact inverted dropout: each element is kept with probability ``1 - p`` (to 2^-53: the top 53 bits
 of a SplitMix64 hash of the element's index, as torch's own ``bernoulli_`` compares a 53-bit double) and scaled by
