@@ -90,3 +90,17 @@ def test_throughput_logged_at_a_logging_step_covers_every_batch_since_the_last(t
         assert float(row["train_pad_ratio"]) == pytest.approx(padded / real)
         assert float(row["train_audio_s_per_s"]) == pytest.approx(
             real / 10 / (group * float(row["train_step_s"])), rel=1e-4)
+
+
+def test_nemos_preemption_callback_would_not_save_a_cpu_run():
+    """Why training.resume.Preemption exists: NeMo's own callback turns itself off in a single process (no
+    torch.distributed) and reads its flag on a CUDA device, so a SIGTERM on a CPU run would save nothing."""
+    from nemo.utils.callbacks.preemption import PreemptionCallback
+
+    assert not torch.distributed.is_initialized()
+    nemos = PreemptionCallback(checkpoint_callback=None)
+    nemos.on_train_start(trainer=None, pl_module=None)
+    assert nemos.preemption_enabled is False
+    nemos._interrupted = True  # what its SIGTERM handler would set, were it installed
+    with pytest.raises((RuntimeError, AssertionError)):
+        nemos.interrupted  # noqa: B018 - the property broadcasts on torch.cuda.current_device()

@@ -111,6 +111,11 @@ class EMA(pl.Callback):
     (``torch.optim.swa_utils``' EMA update), kept in the checkpoint for an exact resume.
 
     :class:`ChunkWER` validates both weight sets; ``train.py`` writes the average into ``final.nemo``.
+
+    Not NeMo's ``nemo.collections.common.callbacks.ema.EMA`` (NeMo 3.0.0): it validates the average *or* the raw
+    weights (``validate_original_weights``), never both, and restores its average on resume only through NeMo's
+    own checkpoint callback and a side file ``*-EMA.ckpt`` (its ``on_load_checkpoint``), where our runs
+    checkpoint with Lightning's ModelCheckpoint, one atomic file per step.
     """
 
     def __init__(self, decay: float):

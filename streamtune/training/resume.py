@@ -117,7 +117,12 @@ class Preemption(pl.Callback):
     """SIGTERM (spot instances, ``docker stop``, SLURM's end of time) and SIGUSR1 (SLURM's warning, with
     ``#SBATCH --signal=USR1@120``): finish the step in progress, write a checkpoint where the periodic one would
     be written (so ``run.resume=auto`` continues exactly, same batches and weights), and stop. Under SLURM the
-    job is requeued. Without a signal the step costs nothing (on several processes: one tiny all-reduce)."""
+    job is requeued. Without a signal the step costs nothing (on several processes: one tiny all-reduce).
+
+    Not NeMo's ``nemo.utils.callbacks.preemption.PreemptionCallback`` (NeMo 3.0.0): in one process it turns
+    itself off (it needs torch.distributed), it reads its flag on a CUDA device, hears SIGTERM only and saves
+    through Lightning's private checkpoint methods (``test_trainer_options`` shows the first two). Nor Lightning's
+    SLURM signal connector: it saves inside the signal handler, in the middle of a step, and only under SLURM."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
