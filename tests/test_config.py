@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
 from streamtune.config.loading import load_config, resolved, save_config
 from streamtune.errors import UserError
-from tests.helpers import REPO, one_line_error, run_entry
+from tests.helpers import DEMO_RECIPE, REPO, one_line_error, run_entry
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
@@ -91,10 +95,20 @@ def test_misspelt_override_on_each_command_line_is_one_message(capsys):
 
 
 def test_each_entry_point_is_a_command():
-    """Each documented wrapper as a user runs it: --help answers; a mistake ends in one line and exit 2."""
-    for entry in (["train.py"], ["evaluate.py"], ["-m", "export"], ["-m", "data_prep"]):
-        helped = run_entry(*entry, "--help")
-        assert helped.returncode == 0 and "usage:" in helped.stdout, (entry, helped.stderr[-2000:])
+    """Each documented wrapper and console command as a user runs it: --help answers, the demo recipe's merged
+    config prints where a stage takes one; a mistake ends in one line and exit 2."""
+    bindir = Path(sys.executable).parent
+    entries = {("train.py",): "streamtune-train", ("evaluate.py",): "streamtune-eval",
+               ("-m", "export", "all"): "streamtune-export", ("-m", "data_prep"): "streamtune-prep"}
+    for wrapper, command in entries.items():
+        for argv in ([sys.executable, *wrapper], [str(bindir / command), *wrapper[2:]]):
+            helped = subprocess.run([*argv, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert helped.returncode == 0 and "usage:" in helped.stdout, (argv, helped.stderr[-2000:])
+            if command != "streamtune-prep":
+                printed = subprocess.run([*argv, "--config", str(DEMO_RECIPE), "--print-config"], cwd=REPO,
+                                         capture_output=True, text=True, timeout=300)
+                assert printed.returncode == 0, (argv, printed.stderr[-2000:])
+                assert "att_context_size" in printed.stdout and "batch_duration_s" in printed.stdout, argv
     proc = run_entry("train.py", "--config", "recipes/demo/tiny_cpu.yaml", "trainer.max_step=5")
     one_line_error(proc.returncode, proc.stderr, "unknown config key 'trainer.max_step'")
 

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtune.config.loading import add_config_args, load_config
+from streamtune.config.loading import add_config_args, load_config, resolved
 from streamtune.errors import UserError, cli_entry
 
 STEPS = ["parity", "onnx", "package", "verify", "all", "serve"]
@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.strict:
         cfg.export.strict_gates = True
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
+        return 0
     bundle = bundle_dir(cfg)
     if args.step == "verify":
         return run_verify(bundle, args.expect_manifest_sha256)
