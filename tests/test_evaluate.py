@@ -233,7 +233,6 @@ def test_emission_delay_is_measured_from_word_end(trained_model):
     """Hand-made emissions against known word ends: the delays are exact differences."""
     from streamtune.data.reading import Utterance
     from streamtune.evaluation.scoring import emission_delays
-    from streamtune.streaming.words import hypothesis_words
     from streamtune.streaming.runner import DecodeResult
     from streamtune.streaming.words import hypothesis_words
 
@@ -267,8 +266,8 @@ CRASH_PIECES = ["▁W", "ait", "▁", "or", "▁[", ".", "]"]
 @pytest.fixture(scope="module")
 def crash_nemo(tmp_path_factory, corpus) -> Path:
     """A tiny model whose greedy search writes CRASH_PIECES for any audio (tests/helpers.py: script_model)."""
-    from streamtune.config.loading import load_config
     from bench.geometry import TINY
+    from streamtune.config.loading import load_config
     from streamtune.model.build import build_model
 
     root = tmp_path_factory.mktemp("crash")
@@ -288,9 +287,9 @@ def test_a_hypothesis_nemo_cannot_split_into_words_loses_nothing(crash_nemo, cor
 
     from omegaconf import open_dict
 
-    from streamtune.model.chunks import chunk_modes
     from streamtune.data.reading import load_utterances
     from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
     from streamtune.streaming.runner import StreamingRunner
 
     # The crash, reproduced: NeMo's own word-confidence aggregation on this model's hypothesis.

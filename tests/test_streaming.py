@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamtune.model.chunks import chunk_modes
 from streamtune.data.reading import load_utterances
+from streamtune.model.chunks import chunk_modes
 from streamtune.streaming.runner import StreamingRunner
 from tests.helpers import DEMO_RECIPE, seeded
 
@@ -81,8 +81,8 @@ def test_both_model_classes_load_and_stream_with_their_rnnt_head(tiny_overrides,
     from omegaconf import open_dict
 
     from streamtune.config.loading import load_config
-    from streamtune.model.nemo_config import model_class, nemo_model_config
     from streamtune.model.build import load_model
+    from streamtune.model.nemo_config import model_class, nemo_model_config
 
     model_cfg = nemo_model_config(load_config(DEMO_RECIPE, tiny_overrides))
     if target == "EncDecRNNTBPEModel":
