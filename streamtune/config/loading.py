@@ -265,6 +265,11 @@ def save_config(cfg: DictConfig, path: str | Path) -> Path:
     return path
 
 
+def printed_config(cfg: DictConfig) -> str:
+    """The merged config as ``--print-config`` shows it (resolved; ``???`` left for keys still unset)."""
+    return OmegaConf.to_yaml(resolved(cfg, allow_missing=True))
+
+
 def add_config_args(parser, required: bool = True) -> None:
     """The shared CLI shape: ``--config RECIPE`` then ``key=value`` overrides."""
     parser.add_argument("--config", required=required,

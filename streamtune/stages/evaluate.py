@@ -24,9 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from streamtune.config.loading import add_config_args, load_config, resolved, save_config
+from streamtune.config.loading import add_config_args, load_config, printed_config, save_config
 from streamtune.errors import UserError, cli_entry
 
 
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = load_config(args.config, args.overrides if args.config else [*NO_RECIPE, *args.overrides])
     if args.print_config:
-        print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
+        print(printed_config(cfg))
         return 0
     if not args.model:
         raise UserError("pass --model PATH (a .nemo file; repeat for several), or --run DIR for training curves")

@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from streamtune.config.loading import add_config_args, load_config, resolved, save_config
+from streamtune.config.loading import add_config_args, load_config, printed_config, save_config
 from streamtune.errors import cli_entry
 
 
@@ -29,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
+        print(printed_config(cfg))
         return 0
     from streamtune.model.build import check_model_config
     from streamtune.model.runtime import setup_runtime

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtune.config.loading import add_config_args, load_config, resolved
+from streamtune.config.loading import add_config_args, load_config, printed_config
 from streamtune.errors import UserError, cli_entry
 
 STEPS = ["parity", "onnx", "package", "verify", "all", "serve"]
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.strict:
         cfg.export.strict_gates = True
     if args.print_config:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(resolved(cfg, allow_missing=True)))
+        print(printed_config(cfg))
         return 0
     bundle = bundle_dir(cfg)
     if args.step == "verify":
