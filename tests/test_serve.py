@@ -95,12 +95,14 @@ def utterances(bundle, words_overrides):
     return [(utt, pcm, tokens) for (utt, pcm, _), tokens in zip(out, decoded.tokens)]
 
 
-async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None = None) -> dict:
-    """Send ``pcm`` in pieces of random sizes as fast as the server takes them, then end; the messages back."""
+async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None = None,
+                  endpoint_at: int | None = None) -> dict:
+    """Send ``pcm`` in pieces of random sizes as fast as the server takes them, then end; the messages back.
+    ``endpoint_at``: ask for the end of the turn once that many samples are sent."""
     import aiohttp
 
     rng = np.random.default_rng(seed)
-    got = {"partials": [], "final": None, "errors": []}
+    got = {"partials": [], "final": None, "finals": [], "errors": []}
     async with aiohttp.ClientSession() as session, session.ws_connect(url + "/ws") as ws:
         ready = await ws.receive_json()
         assert ready["type"] == "ready" and ready["format"] == "pcm_s16le" and ready["sample_rate"] == 16000
@@ -112,6 +114,7 @@ async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None =
                     got["partials"].append(data)
                 elif data["type"] == "final":
                     got["final"] = data
+                    got["finals"].append(data)
                 else:
                     got["errors"].append(data)
 
@@ -122,6 +125,9 @@ async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None =
             await ws.send_bytes(pcm[pos:pos + n].tobytes())
             pos += n
             await asyncio.sleep(float(rng.uniform(0, 0.004)))
+            if endpoint_at is not None and pos >= endpoint_at:
+                await ws.send_str(json.dumps({"type": "endpoint"}))
+                endpoint_at = None
             if stop_after is not None and pos >= stop_after:
                 await ws.close()  # leave mid-stream, without "end"
                 reader.cancel()
@@ -131,9 +137,12 @@ async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None =
     return got
 
 
-def _run_clients(url: str, items: list, **kwargs) -> list[dict]:
+def _run_clients(url: str, items: list, options: dict | None = None) -> list[dict]:
+    """Every item's client at once; ``options[k]``: the k-th client's keyword arguments."""
+
     async def main():
-        return await asyncio.gather(*[_client(url, pcm, seed=k, **kwargs.get(k, {})) for k, pcm in enumerate(items)])
+        return await asyncio.gather(*[_client(url, pcm, seed=k, **(options or {}).get(k, {}))
+                                      for k, pcm in enumerate(items)])
     return asyncio.run(main())
 
 
@@ -170,6 +179,62 @@ def test_a_client_leaving_mid_stream_disturbs_no_one(served, utterances):
     assert _run_clients(served.url, [pcms[0]])[0]["final"]["tokens"] == chosen[0][2], "still serving"
 
 
+@pytest.fixture(scope="module")
+def served_turns(bundle):
+    """The server cutting each session into turns with the default rules."""
+    from streamtune.serve.server import StreamServer
+    from streamtune.streaming.endpoint import EndpointRules
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=8, idle_s=3.0, max_message_kib=64,
+                                   endpoint=EndpointRules()))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def turn_sessions(bundle, words_overrides, tmp_path_factory):
+    """Four sessions of 2-3 turns of the ten-word test set as PCM, and the runner's segments for each."""
+    from streamtune.data.reading import load_utterances
+    from streamtune.data.turns import TurnPlan, prepare_turns
+    from streamtune.streaming.endpoint import EndpointRules
+    from streamtune.streaming.runner import StreamingRunner
+    from tests.helpers import seeded
+
+    cuts = prepare_turns(value_of(words_overrides, "data.test"), tmp_path_factory.mktemp("turns"), sessions=4,
+                         seed=seeded(5), plan=TurnPlan(turns=(2, 3)))
+    model, mode = _model(bundle)
+    runner = StreamingRunner(model, batch_size=4)
+    pcms = [np.clip(np.round(u.audio * 32768), -32768, 32767).astype("<i2") for u in load_utterances(cuts)]
+    out = runner.streaming(mode, [runner.features(p.astype(np.float32) / 32768) for p in pcms],
+                           endpoint=EndpointRules())
+    return list(zip(pcms, out.segments))
+
+
+def test_a_session_of_several_turns_gets_the_runners_finals(served_turns, turn_sessions):
+    """One final per turn, with exactly the tokens, segment numbers and reasons the runner gives the same audio
+    with the same rules; partials name the open segment; the last final says so."""
+    results = _run_clients(served_turns.url, [pcm for pcm, _ in turn_sessions])
+    for (_, segments), got in zip(turn_sessions, results):
+        assert not got["errors"], got["errors"]
+        finals = got["finals"]
+        assert [(f["segment"], f["tokens"], f["reason"], f["end_s"]) for f in finals] == \
+            [(s.index, s.tokens, s.reason, s.end_s) for s in segments]
+        assert [f["last"] for f in finals] == [False] * (len(finals) - 1) + [True]
+        segments_seen = [p["segment"] for p in got["partials"]]
+        assert segments_seen == sorted(segments_seen) and set(segments_seen) <= {s.index for s in segments}
+    assert any(sum(1 for s in segments if s.tokens) >= 2 for _, segments in turn_sessions), \
+        "no session was cut into turns"
+
+
+def test_a_client_can_end_its_turn(served_turns, turn_sessions):
+    pcm, _ = turn_sessions[0]
+    got = _run_clients(served_turns.url, [pcm], {0: {"endpoint_at": len(pcm) // 3}})[0]
+    reasons = [f["reason"] for f in got["finals"]]
+    assert reasons.count("forced") == 1 and reasons[-1] == "end", reasons
+    assert [f["segment"] for f in got["finals"]] == list(range(len(reasons)))
+
+
 def _one_message(url: str, send) -> tuple[dict, int | None]:
     """Connect, let ``send(ws)`` misbehave, return (the error message, the close code)."""
     import aiohttp
@@ -199,7 +264,7 @@ def test_bad_clients_get_one_clear_error_each(served):
     async def silent(ws):
         await asyncio.sleep(3.5)
 
-    cases = {odd: ("bad_frame", "even number of bytes", 1003), chatter: ("bad_message", '{"type": "end"}', 1003),
+    cases = {odd: ("bad_frame", "even number of bytes", 1003), chatter: ("bad_message", '{"type": "end"} or', 1003),
              too_big: ("message_too_large", "limit is 65536", 1009), silent: ("idle", "no message for 3 s", 1008)}
     for send, (code, text, close) in cases.items():
         error, closed = _one_message(served.url, send)
@@ -246,7 +311,7 @@ def _browser():
 
 
 @pytest.mark.e2e
-def test_browser_microphone_page_shows_the_words(served, utterances, tmp_path):
+def test_browser_microphone_page_shows_the_words(served_turns, utterances, tmp_path):
     """Debian's Chromium opens the page with a fake microphone playing a test utterance; the page streams it, shows
     partial results, then exactly the final the server sent (read from Chromium's own log of WebSocket frames).
     The browser resamples the microphone, so the audio differs from the file's: against the reference, most
@@ -274,7 +339,7 @@ def test_browser_microphone_page_shows_the_words(served, utterances, tmp_path):
     browser = webdriver.Chrome(service=Service(driver), options=options)
     words = lambda text: set(normalise_text(text, lowercase=True, strip_punctuation=True).split())  # noqa: E731
     try:
-        browser.get(served.url + "/")
+        browser.get(served_turns.url + "/")
         WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "chunk").text.isdigit())
         browser.find_element(By.ID, "mic").click()
         WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "partial").text)
@@ -294,7 +359,10 @@ def test_browser_microphone_page_shows_the_words(served, utterances, tmp_path):
     received = [json.loads(f["params"]["response"]["payloadData"]) for f in frames
                 if f["method"] == "Network.webSocketFrameReceived" and f["params"]["response"]["opcode"] == 1]
     finals = [m for m in received if m["type"] == "final"]
-    assert len(finals) == 1 and final == finals[0]["text"], (final, finals)
+    # One final per turn the server closed (the trailing silence may end the turn before "end"), the last one last.
+    assert [m["last"] for m in finals] == [False] * (len(finals) - 1) + [True], finals
+    assert [m["segment"] for m in finals] == list(range(len(finals)))
+    assert final == " ".join(m["text"] for m in finals if m["text"]), (final, finals)
     assert partial and any(m["type"] == "partial" for m in received)
     assert len(words(final) & words(utt.text)) >= len(words(utt.text)) / 2, (utt.text, final)
     assert latency.isdigit(), latency

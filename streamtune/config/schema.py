@@ -227,6 +227,25 @@ class ExportConfig:
 
 
 @dataclass
+class EndpointConfig:
+    # When a stream's turn ends (streamtune/streaming/endpoint.py; evaluate.py on multi-turn test sets, the
+    # server, bench/endpointing.py): "rules" (on the RNN-T's blanks), "eou" (the model's <EOU> token; the silence
+    # rules stay as a fallback where set) or "none".
+    method: str = "rules"
+    # Seconds of audio: silence after speech that ends a turn; silence with nothing decoded after which a segment
+    # restarts (null: a rule off); the longest a segment may run.
+    trailing_silence_s: Optional[float] = 0.8
+    leading_silence_s: Optional[float] = 2.4
+    max_segment_s: float = 20.0
+    eou_token: str = "<EOU>"
+    # At an endpoint the decoder always starts afresh; this starts the encoder's caches afresh too (off: the
+    # conversation's audio context carries on).
+    reset_encoder: bool = False
+    # Multi-turn scoring: a turn with no final within this long after its reference end is missed.
+    miss_window_s: float = 2.0
+
+
+@dataclass
 class RecipeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -237,12 +256,13 @@ class RecipeConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 # Keys of ours inside the `model` section (everything else there is NeMo's own config). Always present (null
 # when unset), so a recipe or the command line can set them without a '+'.
-MODEL_KEYS = ("target", "init_from", "init_include", "init_exclude", "tokenizer_dir", "att_context_sizes",
-              "att_context_probs")
+MODEL_KEYS = ("target", "init_from", "init_include", "init_exclude", "tokenizer_dir", "add_tokens",
+              "att_context_sizes", "att_context_probs")
 
 
 # Lightning Trainer arguments streamtune sets itself, with the key that sets them.

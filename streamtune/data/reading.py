@@ -68,6 +68,9 @@ class Utterance:
     # Where the audio is (a file's path and the cut's offset in it), when it is a file: for NeMo manifests.
     source: str | None = None
     offset_s: float = 0.0
+    # A multi-turn recording (one supervision per turn, `python -m data_prep turns`): (start_s, end_s, text) of
+    # every turn, in order; None for a plain utterance.
+    turns: list[tuple[float, float, str]] | None = None
 
 
 def _open_cuts(cuts_path: str | Path):
@@ -91,8 +94,12 @@ def read_utterance(cut) -> Utterance:
     source = None
     if rec is not None and len(rec.sources) == 1 and rec.sources[0].type == "file":
         source = str(rec.sources[0].source)
+    turns = None
+    if len(cut.supervisions) > 1:
+        sups = sorted(cut.supervisions, key=lambda s: s.start)
+        turns = [(round(float(s.start), 4), round(float(s.end), 4), s.text or "") for s in sups]
     return Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut), source,
-                     float(getattr(cut, "start", 0.0)))
+                     float(getattr(cut, "start", 0.0)), turns)
 
 
 def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float = 0.0) -> list[Utterance]:

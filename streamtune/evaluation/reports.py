@@ -110,6 +110,8 @@ def results_markdown(payload: dict) -> str:
                                    ("first_token_ms_p50", "first_token_ms_p95", "final_token_ms_p50",
                                     "final_token_ms_p95")) + " |")
         md.append("")
+    if payload.get("turn_taking"):
+        md += turn_taking_markdown(payload["turn_taking"])
     g = payload["gates"]
     md += ["## Gates", "", ("PASSED" if g["passed"] else "FAILED") + f" (max WER {g['max_wer']}, "
            f"max regression {g['max_regression']} points"
@@ -121,6 +123,26 @@ def results_markdown(payload: dict) -> str:
     md += [f"Plots: {', '.join(plots)}. Per-utterance hypotheses, with word times and confidence: "
            "`hyps.jsonl`.", ""]
     return "\n".join(md)
+
+
+def turn_taking_markdown(rows: list[dict]) -> list[str]:
+    """The turn-taking table of multi-turn test sets (streamtune.evaluation.turns): rules and <EOU> side by side."""
+    md = ["## Turn-taking", "",
+          "Multi-turn recordings streamed with endpointing; latency from the end of a turn's speech to its final "
+          "(audio time at the end of the chunk that closed it; +compute: the median step's wall time added); early: "
+          "turns cut before they ended; missed: no final within the miss window. WER of the segmented transcript.",
+          "", "| model | test set | chunk | method | turns | latency p50 / p90 / p95 | +compute p50 / p95 | early | "
+          "missed | WER | PnC WER |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ms = lambda v: "-" if v is None else f"{1000 * v:.0f}"  # noqa: E731
+    for r in rows:
+        rules = r["rules"]
+        method = "`<EOU>`" if r["method"] == "eou" else f"rules ({rules['trailing_silence_s']:g} s)"
+        lat, comp = r["latency_s"], r["latency_with_compute_s"]
+        md.append(f"| {r['model']} | {r['test_set']} | {r['chunk_ms']} ms | {method} | {r['turns']} | "
+                  f"{ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p95'])} ms | {ms(comp['p50'])} / {ms(comp['p95'])} "
+                  f"ms | {_fmt(r['early_cutoff_rate'])} | {_fmt(r['miss_rate'])} | {_fmt(r['wer'])} | "
+                  f"{_fmt(r['wer_pnc'])} |")
+    return [*md, ""]
 
 
 PLOT_DPI = 100
@@ -282,6 +304,7 @@ def build_payload(models: list[ModelSpec], test_sets: list[dict], settings: dict
         "streaming_equals_offline": run.streaming_equals_offline,
         "latency": run.latency,
         "emission_delay": run.emission_delay,
+        "turn_taking": run.turn_taking,
         "comparison": {"baseline": baseline, "tolerance_points": tolerance, "deltas": deltas} if baseline else None,
         "gates": gate(run.results, deltas, models, max_wer, max_regression, needs_significance),
     }
@@ -300,6 +323,8 @@ def print_summary(payload: dict, out_dir: Path) -> int:
         if t["word_extras_failed"]:
             print(f"note: per-word times and confidence failed on {t['word_extras_failed']} hypotheses of "
                   f"{t['name']} (their scores count; `words_error` in hyps.jsonl says why)")
+    if payload.get("turn_taking"):
+        print("\n".join(turn_taking_markdown(payload["turn_taking"])[4:]))
     for d in (payload["comparison"] or {}).get("deltas", []):
         if d["regression"]:
             ci = d.get("ci95_points")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -229,16 +229,34 @@ class Manifests:
         return [self.out_dir / n for n in self.files] if self.out_dir else []
 
 
+def endpoint_methods(model, endpoint_cfg) -> dict:
+    """The endpointing compared on multi-turn sets: the rules as configured, and the model's ``<EOU>`` token
+    alone (no silence rule; the maximum segment length still applies) when its vocabulary has it."""
+    from streamtune.streaming.endpoint import EndpointRules, eou_id
+
+    rules = EndpointRules.from_config({**endpoint_cfg, "method": "rules"})
+    methods = {"rules": rules}
+    if eou_id(model.tokenizer, rules.eou_token) is not None:
+        methods["eou"] = EndpointRules(method="eou", trailing_silence_s=None, leading_silence_s=rules.leading_silence_s,
+                                       max_segment_s=rules.max_segment_s, eou_token=rules.eou_token)
+    return methods
+
+
 def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource], modes: list[ChunkMode],
                    decodes: list[str], hyps: TextIO, decoding: str = "greedy", manifests: Manifests | None = None,
-                   ) -> tuple[list[ModeResult], list[dict], list[dict], dict]:
+                   endpoint_cfg=None) -> tuple[list[ModeResult], list[dict], list[dict], dict, list[dict]]:
     """Decode every set in every mode and decode, streaming the test sets batch by batch.
 
     Audio is read per batch (``runner.batch_size`` utterances, sorted by duration within a window), turned into
     features and dropped; every hypothesis is written to ``hyps`` (JSON lines) as it is scored. Memory does not
     grow with the number of utterances. Returns (results, streaming-vs-offline entries, emission-delay rows,
-    per-set statistics ``{name: {"utts", "audio_s", "word_timings", "word_extras_failed"}}``).
+    per-set statistics ``{name: {"utts", "audio_s", "word_timings", "word_extras_failed"}}``, turn-taking rows).
+
+    Multi-turn recordings (``python -m data_prep turns``) are also streamed with endpointing, each method of
+    :func:`endpoint_methods` (``endpoint_cfg``: the recipe's ``endpoint`` section), and scored per turn
+    (:mod:`streamtune.evaluation.turns`).
     """
+    from streamtune.evaluation.turns import TurnTally
     bad = [d for d in decodes if d not in DECODES]
     if bad:
         raise UserError(f"eval.decodes has {bad}; choose from {list(DECODES)}")
@@ -246,12 +264,15 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
 
     keys = [(mode, decode) for mode in modes for decode in decodes]
     pooled = {key: _Tally() for key in keys}
-    results, equal, emissions, stats = [], [], [], {}
+    results, equal, emissions, stats, turn_rows = [], [], [], {}, []
     tokenizer, frame_s = runner.model.tokenizer, runner.frame_s()
+    methods = endpoint_methods(runner.model, endpoint_cfg or {}) if "streaming" in decodes and runner.carries else {}
+    miss_window = float((endpoint_cfg or {}).get("miss_window_s", 2.0))
     for ts in sets:
         tallies = {key: _Tally() for key in keys}
         delays = {mode.chunk_ms: EmissionDelays() for mode in modes}
         differing = {mode.chunk_ms: 0 for mode in modes}
+        turn_tallies: dict[tuple[int, str], TurnTally] = {}
         stat = stats[ts.name] = {"utts": 0, "audio_s": 0.0, "word_timings": True, "word_extras_failed": 0}
         set_us = 0
         batches = progress(utterance_batches(ts.cuts, runner.batch_size), f"[{label}] {ts.name}", unit="batch")
@@ -284,6 +305,14 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
                         delays[mode.chunk_ms].add(runner.model.tokenizer, batch, out)
                 if "streaming" in tokens and "offline" in tokens:
                     differing[mode.chunk_ms] += sum(a != b for a, b in zip(tokens["streaming"], tokens["offline"]))
+                sessions = [k for k, u in enumerate(batch) if u.turns]
+                for method, rules in methods.items() if sessions else ():
+                    out = runner.streaming(mode, [feats[k] for k in sessions], endpoint=rules)
+                    tally = turn_tallies.setdefault((mode.chunk_ms, method), TurnTally())
+                    tally.step_s += out.step_times
+                    for k, segments in zip(sessions, out.segments):
+                        finals = [(seg.end_s, tokenizer.ids_to_text(seg.tokens)) for seg in segments if seg.tokens]
+                        tally.add(batch[k].turns, finals, miss_window)
         for (mode, decode), tally in tallies.items():
             results.append(_result(label, ts.name, mode, decode, decoding, tally.scores, tally.utts, tally.audio_s,
                                    tally.decode_s, runner.batch_size, tally.step_s))
@@ -294,11 +323,16 @@ def evaluate_model(runner: StreamingRunner, label: str, sets: list[TestSetSource
             summary = delays[mode.chunk_ms].summary()
             if summary is not None:
                 emissions.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, **summary})
+            for method, rules in methods.items():
+                if (mode.chunk_ms, method) in turn_tallies:
+                    turn_rows.append({"model": label, "test_set": ts.name, "chunk_ms": mode.chunk_ms, "method": method,
+                                      "rules": asdict(rules), "miss_window_s": miss_window,
+                                      **turn_tallies[mode.chunk_ms, method].summary()})
     if len(sets) > 1:
         for (mode, decode), tally in pooled.items():
             results.append(_result(label, ALL, mode, decode, decoding, tally.scores, tally.utts, tally.audio_s,
                                    tally.decode_s, runner.batch_size, tally.step_s))
-    return results, equal, emissions, stats
+    return results, equal, emissions, stats, turn_rows
 
 
 @dataclass
@@ -311,10 +345,11 @@ class Evaluation:
     latency: list[dict] = field(default_factory=list)
     chunk_ms: list[int] = field(default_factory=list)
     test_sets: dict = field(default_factory=dict)  # name -> {"utts", "audio_s", "word_timings", "word_extras_failed"}
+    turn_taking: list[dict] = field(default_factory=list)  # multi-turn sets: streamtune.evaluation.turns rows
 
 
 def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg, hyps: TextIO,
-                    device: str = "cpu", manifests: Manifests | None = None) -> Evaluation:
+                    device: str = "cpu", manifests: Manifests | None = None, endpoint_cfg=None) -> Evaluation:
     """Each model in turn (loaded, decoded, dropped): every set, chunk mode and decode, and the latency sweep
     on slices of the first set's first utterances."""
     from streamtune.evaluation.latency import algorithmic_latency, step_latency
@@ -333,8 +368,9 @@ def evaluate_models(specs: list[ModelSpec], sets: list[TestSetSource], eval_cfg,
         runner = StreamingRunner(model, batch_size=eval_cfg.batch_size, device=device, decoding=decoding)
         print(f"[{spec.label}] decoding {len(sets)} test set(s) x {len(modes)} chunk modes x {decodes} "
               f"({decoding.label})", flush=True)
-        results, equal, emissions, stats = evaluate_model(runner, spec.label, sets, modes, decodes, hyps,
-                                                          decoding.label, manifests)
+        results, equal, emissions, stats, turn_rows = evaluate_model(runner, spec.label, sets, modes, decodes, hyps,
+                                                                     decoding.label, manifests, endpoint_cfg)
+        out.turn_taking += turn_rows
         for name, stat in stats.items():  # the same sets for every model; failures add up over the models
             failed = out.test_sets.get(name, {}).get("word_extras_failed", 0)
             out.test_sets[name] = {**stat, "word_extras_failed": failed + stat["word_extras_failed"]}

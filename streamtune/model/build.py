@@ -54,6 +54,10 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
     register()  # model.loss.loss_name: streamtune
     if cfg.model.get("init_from"):
         model, report = start_from(cfg, trainer=trainer)
+        if cfg.model.get("add_tokens"):
+            from streamtune.model.vocabulary import add_tokens
+
+            report += "\n" + add_tokens(model, list(cfg.model.add_tokens))
         with open_dict(model.cfg):
             model.cfg.update(dataset_configs(cfg, model.cfg.sample_rate))
         if "train_ds" in model.cfg:
@@ -64,6 +68,9 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
         if cfg.data.train:
             log(check_style(cfg, start_point(cfg)))
     else:
+        if cfg.model.get("add_tokens"):
+            raise UserError("model.add_tokens appends to a start point's vocabulary (model.init_from); a model "
+                            "built fresh takes its whole vocabulary from model.tokenizer_dir")
         model = model_class(cfg.model.target)(cfg=nemo_model_config(cfg), trainer=trainer)
     log(apply_finetune_mode(model, cfg.finetune))
     check_param_groups(model)

@@ -6,12 +6,16 @@ Protocol (one WebSocket per stream, at ``ws://HOST:PORT/ws``; the page at ``http
 
 * the server first sends ``{"type": "ready", "sample_rate": 16000, "format": "pcm_s16le", "chunk_ms": ...}``;
 * the client sends audio as **binary** messages of 16 kHz mono 16-bit little-endian PCM (any number of whole
-  samples per message, at most ``--max-message-kib``), then the **text** message ``{"type": "end"}``;
-* the server sends ``{"type": "partial", "text", "tokens", "words", "audio_s"}`` after each chunk it decoded
-  (``audio_s``: the audio the result covers; ``words``: ``[word, emitted at, last token emitted at]`` in
-  audio seconds) and, after ``end``, one ``{"type": "final", ...}``, then closes;
+  samples per message, at most ``--max-message-kib``), then the **text** message ``{"type": "end"}``; it may
+  send ``{"type": "endpoint"}`` at any time to end its turn itself;
+* a session is a sequence of segments (turns), cut by the endpointing rules (``--endpoint``,
+  :mod:`streamtune.streaming.endpoint`): the server sends ``{"type": "partial", "segment", "text", "tokens",
+  "words", "audio_s"}`` for the open segment after each chunk it decoded (``audio_s``: the audio the result
+  covers; ``words``: ``[word, emitted at, last token emitted at]`` in audio seconds), and at each endpoint
+  ``{"type": "final", "segment", "text", "tokens", "words", "audio_s", "start_s", "end_s", "reason", "last"}``;
+  after ``end``, the last segment's final (``"last": true``), then it closes;
 * anything else gets ``{"type": "error", "code", "message"}`` and a close: a binary message of an odd number of
-  bytes, text that is not ``{"type": "end"}``, audio after ``end``, a message over the size limit, no message
+  bytes, text that is not ``end`` / ``endpoint``, audio after ``end``, a message over the size limit, no message
   for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close code 1013, try again later).
 
 One compute thread steps every stream that has a chunk ready in one batched cache-aware step
@@ -46,6 +50,8 @@ class ServeOptions:
     idle_s: float = 30.0
     max_message_kib: int = 256
     device: str = "cpu"
+    # Endpointing (streamtune.streaming.endpoint.EndpointRules); None: <EOU> when the model has it, else rules.
+    endpoint: object = None
 
 
 def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
@@ -72,10 +78,11 @@ class StreamServer:
     """The aiohttp application: the page, the WebSocket endpoint, and the compute thread over LiveStreams."""
 
     def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
-                 device: str = "cpu"):
+                 device: str = "cpu", endpoint=None):
         from streamtune.streaming.live import LiveStreams
 
-        self.live = LiveStreams(model, mode, device=device, max_batch=max(1, max_streams))
+        # endpoint: streamtune.streaming.endpoint.EndpointRules (None: one segment per stream, ended by `end`).
+        self.live = LiveStreams(model, mode, device=device, max_batch=max(1, max_streams), endpoint=endpoint)
         self.mode = mode
         self.max_streams = max_streams
         self.idle_s = idle_s
@@ -143,10 +150,13 @@ class StreamServer:
     async def _send_results(self, ws, queue: asyncio.Queue) -> None:
         while True:
             update = await queue.get()
-            await ws.send_json({"type": "final" if update.final else "partial", "text": update.text,
-                                "tokens": update.tokens, "audio_s": round(update.audio_s, 4),
-                                "words": [[w, round(a, 4), round(b, 4)] for w, a, b in update.words]})
+            message = {"type": "final" if update.final else "partial", "segment": update.segment,
+                       "text": update.text, "tokens": update.tokens, "audio_s": round(update.audio_s, 4),
+                       "words": [[w, round(a, 4), round(b, 4)] for w, a, b in update.words]}
             if update.final:
+                message.update(start_s=update.start_s, end_s=update.end_s, reason=update.reason, last=update.last)
+            await ws.send_json(message)
+            if update.last:
                 await ws.close()
                 return
 
@@ -191,9 +201,12 @@ class StreamServer:
                         kind = json.loads(msg.data).get("type")
                     except (ValueError, AttributeError):
                         kind = None
+                    if kind == "endpoint":
+                        self.live.cut(sid)
+                        continue
                     if kind != "end":
-                        await self._error(ws, "bad_message", 'text messages are {"type": "end"} only; audio goes '
-                                          "in binary messages", close_code=1003)
+                        await self._error(ws, "bad_message", 'text messages are {"type": "end"} or {"type": '
+                                          '"endpoint"}; audio goes in binary messages', close_code=1003)
                         break
                     self.live.end(sid)
                     ended = True
@@ -215,9 +228,12 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     """Load, probe the capacity (unless ``max_streams`` is given), and serve until interrupted."""
     from aiohttp import web
 
+    from streamtune.streaming.endpoint import default_rules, describe
     from streamtune.streaming.live import probe_capacity
 
     model, mode = load_bundle_model(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
+    endpoint = options.endpoint or default_rules(model.tokenizer)
+    endpoint.token_id(model.tokenizer)  # a clear error before serving when eou is asked of a model without it
     max_streams = options.max_streams
     if max_streams is None:
         began = time.perf_counter()
@@ -227,7 +243,9 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     if options.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {options.host}: anyone who reaches it can stream (no authentication)",
               flush=True)
-    server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device)
-    print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams: "
+    server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device,
+                          endpoint)
+    print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
+          f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)
     web.run_app(server.app(), host=options.host, port=options.port, print=None)

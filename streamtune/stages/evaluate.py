@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     manifests = Manifests(out_dir / "manifests" if args.output_manifest else None)
     with open(out_dir / "hyps.jsonl", "w") as hyps:
         run = evaluate_models(specs, [TestSetSource(t.name, t.cuts) for t in sources], cfg.eval, hyps, device,
-                              manifests)
+                              manifests, cfg.endpoint)
     for path in manifests.close():
         print(f"wrote NeMo manifest {path}")
 

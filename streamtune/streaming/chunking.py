@@ -72,3 +72,13 @@ def hypothesis_tokens(hyp) -> list[int]:
 def record_emissions(emit_s: list[float], hyp, at_s: float) -> None:
     """Tokens new in this step were available once the chunk's audio had arrived: ``at_s`` seconds in."""
     emit_s.extend([at_s] * (len(hyp.y_sequence) - len(emit_s)))
+
+
+
+def hypothesis_stamps(hyp) -> list[int]:
+    """A hypothesis' token timestamps: encoder frames counted from the first frame the hypothesis decoded (NeMo's
+    label-looping search offsets a continued hypothesis' timestamps by the frames it decoded before)."""
+    stamps = [] if hyp is None else hyp.timestamp
+    if isinstance(stamps, dict):
+        stamps = stamps.get("timestep", [])
+    return [int(t) for t in (stamps.tolist() if torch.is_tensor(stamps) else stamps or [])]

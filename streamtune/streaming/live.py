@@ -30,22 +30,28 @@ from streamtune.streaming.chunking import (
     ChunkGeometry,
     decoder_step,
     encoder_step,
+    hypothesis_stamps,
     hypothesis_tokens,
-    record_emissions,
     sample_rate,
 )
+from streamtune.streaming.endpoint import EndpointRules, Turns
 
 
 @dataclass
 class Update:
-    """What a step (or the end of a stream) changed for one stream."""
+    """What a step (or the end of a stream) changed for one stream's current segment (a turn)."""
 
     stream: str
     tokens: list[int]
     text: str
     words: list[tuple[str, float, float]]  # (word, emitted at, last token emitted at), audio seconds
     audio_s: float  # audio the result covers (the end of the last chunk decoded)
-    final: bool
+    final: bool  # the segment is closed (an endpoint, a forced end, or the stream's end)
+    segment: int = 0
+    last: bool = False  # the stream's last segment: the stream is closed
+    start_s: float = 0.0  # finals: where the segment started and ended (audio seconds), and why it ended
+    end_s: float | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -61,8 +67,9 @@ class _Stream:
     start: int = 0  # global frame where the next chunk starts
     step: int = 0
     cache: tuple | None = None  # (channel [L,1,T,D], time [L,1,D,K], channel_len [1])
-    hyp: object = None
-    emit_s: list[float] = field(default_factory=list)
+    hyp: object = None  # the current segment's hypothesis (None: the decoder starts afresh)
+    turns: Turns | None = None
+    cut: bool = False  # the client asked to end the current segment
 
     @property
     def frames_have(self) -> int:
@@ -77,7 +84,8 @@ class LiveStreams:
     steps every stream that has a chunk ready. :meth:`wait` blocks until something new was queued.
     """
 
-    def __init__(self, model, mode: ChunkMode, device: str | torch.device = "cpu", max_batch: int = 256):
+    def __init__(self, model, mode: ChunkMode, device: str | torch.device = "cpu", max_batch: int = 256,
+                 endpoint: EndpointRules | None = None):
         feat = model.preprocessor.featurizer
         if getattr(feat, "normalize", None) not in (None, "", "NA", "None"):
             raise UserError(f"the model normalises features per utterance (normalize={feat.normalize!r}); live "
@@ -95,6 +103,9 @@ class LiveStreams:
         self.margin_frames = math.ceil(self.reach / self.hop) + 1
         self.sample_rate = sample_rate(model)
         self.max_batch = max_batch
+        # Endpointing (streamtune.streaming.endpoint): a stream is a session of segments; none: one segment.
+        self.endpoint = endpoint or EndpointRules(method="none")
+        self.eou = self.endpoint.token_id(model.tokenizer)
         self.streams: dict[str, _Stream] = {}  # owned by the stepping thread
         self._inbox: list[tuple[str, str, np.ndarray | None]] = []  # (op, stream, samples)
         self._cond = threading.Condition()
@@ -118,6 +129,11 @@ class LiveStreams:
         """No more audio: the stream's remaining frames are decoded and its final result given."""
         self._post("end", stream_id)
 
+    def cut(self, stream_id: str) -> None:
+        """The client ends its turn: the current segment closes after what has been decoded so far (audio received
+        but not yet decoded goes to the next segment)."""
+        self._post("cut", stream_id)
+
     def drop(self, stream_id: str) -> None:
         """Forget a stream (its client left): nothing more is computed for it."""
         self._post("drop", stream_id)
@@ -134,7 +150,7 @@ class LiveStreams:
         pending: dict[str, list[np.ndarray]] = {}
         for op, sid, samples in inbox:
             if op == "open":
-                self.streams[sid] = _Stream(sid)
+                self.streams[sid] = _Stream(sid, turns=self._turns())
             elif sid not in self.streams:
                 continue  # dropped already
             elif op == "feed":
@@ -145,11 +161,16 @@ class LiveStreams:
                 # What the preprocessor gives the whole utterance: its own frame count (NeMo 3.0: samples // hop;
                 # the STFT's last, partial frame is masked out), none for a stream that sent no audio.
                 s.ended, s.frames_total = True, self._frames_of(s.received) if s.received else 0
+            elif op == "cut":
+                self.streams[sid].cut = True
             elif op == "drop":
                 pending.pop(sid, None)
                 del self.streams[sid]
         for sid, parts in pending.items():
             self._append(sid, parts)
+
+    def _turns(self) -> Turns:
+        return Turns(self.endpoint, self.hop * self.geometry.subsampling / self.sample_rate, self.eou)
 
     def _frames_of(self, samples: int) -> int:
         return int(self.model.preprocessor.featurizer.get_seq_len(torch.tensor([samples]))[0])
@@ -241,8 +262,15 @@ class LiveStreams:
             for (_, drop, first), members in groups.items():
                 for k in range(0, len(members), self.max_batch):
                     updates += self._step_group(enc, members[k:k + self.max_batch], drop, first)
+        hop_s = self.hop / self.sample_rate
+        for s in list(self.streams.values()):
+            if s.cut and s not in finished:
+                s.cut = False
+                updates.append(self._close(s, s.turns.close(s.start * hop_s, "forced"), s.start * hop_s))
         for s in finished:
-            updates.append(self._update(s, final=True, covered_s=s.received / self.sample_rate))
+            # The segment ends where the runner's does (the last frame); the result covers every sample received.
+            updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, "end"), s.received / self.sample_rate,
+                                       last=True))
             del self.streams[s.id]
         return updates
 
@@ -268,19 +296,30 @@ class LiveStreams:
         for j, (s, _, end) in enumerate(members):
             s.cache = (next_channel[:, j:j + 1].clone(), next_time[:, j:j + 1].clone(), next_len[j:j + 1].clone())
             s.hyp = hyps[j]
-            covered = min(end, s.frames_total) if s.ended else end
-            record_emissions(s.emit_s, s.hyp, covered * hop_s)
+            covered = (min(end, s.frames_total) if s.ended else end) * hop_s
+            closed = s.turns.step(hypothesis_tokens(s.hyp), hypothesis_stamps(s.hyp), int(enc_len[j]), covered)
             s.start, s.step = end, s.step + 1
-            updates.append(self._update(s, final=False, covered_s=covered * hop_s))
+            if closed is None:
+                updates.append(self._update(s, s.turns.index, s.turns.tokens, s.turns.emit_s, covered))
+            else:
+                updates.append(self._close(s, closed, covered))
         return updates
 
-    def _update(self, s: _Stream, final: bool, covered_s: float) -> Update:
+    def _close(self, s: _Stream, segment, covered_s: float, last: bool = False) -> Update:
+        """A segment's final; the stream's decoder starts afresh (its encoder caches too with ``reset_encoder``)."""
+        s.hyp = None
+        if self.endpoint.reset_encoder and s.cache is not None:
+            s.cache = None  # the next step starts from the encoder's initial cache state
+        return self._update(s, segment.index, segment.tokens, segment.emit_s, covered_s, final=True, last=last,
+                            start_s=segment.start_s, end_s=segment.end_s, reason=segment.reason)
+
+    def _update(self, s: _Stream, segment: int, tokens: list[int], emit_s: list[float], covered_s: float,
+                final: bool = False, **closed) -> Update:
         from streamtune.streaming.words import hypothesis_words
 
-        tokens = hypothesis_tokens(s.hyp)
         tokenizer = self.model.tokenizer
-        return Update(s.id, tokens, tokenizer.ids_to_text(tokens) if tokens else "",
-                      hypothesis_words(tokenizer, tokens, s.emit_s), covered_s, final)
+        return Update(s.id, list(tokens), tokenizer.ids_to_text(tokens) if tokens else "",
+                      hypothesis_words(tokenizer, tokens, emit_s), covered_s, final, segment, **closed)
 
 
 def probe_capacity(model, mode: ChunkMode, device: str = "cpu", budget: float = 0.5, limit: int = 256) -> int:

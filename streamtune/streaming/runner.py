@@ -40,10 +40,12 @@ from streamtune.streaming.chunking import (
     ChunkGeometry,
     decoder_step,
     encoder_step,
+    hypothesis_stamps,
     hypothesis_tokens,
     record_emissions,
     sample_rate,
 )
+from streamtune.streaming.endpoint import Turns
 
 FEEDINGS = ("exact", "export")
 
@@ -80,6 +82,9 @@ class DecodeResult:
     frames: list[list[int]] | None = None
     # Per utterance, per token: NeMo's token confidence, when the decoding computes it.
     token_confidence: list[list[float] | None] | None = None
+    # Streaming with endpointing only: per utterance, its segments (streamtune.streaming.endpoint.Segment); the
+    # lists above then hold the segments' tokens end to end (frames counted from the utterance's start).
+    segments: list[list] | None = None
 
 
 class StreamingRunner:
@@ -206,34 +211,49 @@ class StreamingRunner:
     # ----- streaming -------------------------------------------------------------------------
     @torch.no_grad()
     def streaming(self, mode: ChunkMode, feats: list[torch.Tensor], keep_encoded: bool = False,
-                  on_step: Callable[[StepTiming], bool | None] | None = None) -> DecodeResult:
+                  on_step: Callable[[StepTiming], bool | None] | None = None, endpoint=None) -> DecodeResult:
         """Decode ``feats`` chunk by chunk, ``batch_size`` utterances at a time as concurrent streams.
 
         ``on_step`` is called after every step (encoder step + greedy RNN-T for all streams of the batch) with its
         :class:`StepTiming`; returning True ends that batch early (benchmarks time the real loop through it).
+        ``endpoint`` (a :class:`streamtune.streaming.endpoint.EndpointRules`) cuts each stream into segments as the
+        server's live streams do: at each endpoint the stream's decoder is reset, its encoder caches carried on.
         """
+        if endpoint is not None and not self.carries:
+            raise ValueError("endpointing needs a search that continues chunk by chunk (greedy decoding)")
+        eou = endpoint.token_id(self.model.tokenizer) if endpoint is not None else None
         tokens: list[list[int]] = [[] for _ in feats]
         emit_s: list[list[float]] = [[] for _ in feats]
         frames: list[list[int]] = [[] for _ in feats]
         confidence: list[list[float] | None] = [None] * len(feats)
         encoded_out: list[torch.Tensor | None] = [None] * len(feats)
         out = DecodeResult(tokens, [], None, emit_s=emit_s, frames=frames, token_confidence=confidence)
+        if endpoint is not None:
+            out.segments = [[] for _ in feats]
         with att_context(self.model, mode) as enc:
             for idx in self._batches(len(feats)):
                 # Longest first, so the streams still running are always a prefix of the batch.
                 idx = sorted(idx, key=lambda i: -feats[i].shape[1])
+                turns = None if endpoint is None else [Turns(endpoint, self.frame_s(), eou) for _ in idx]
                 hyps, emits, encs, times, streams = self._stream_batch(enc, [feats[i] for i in idx], keep_encoded,
-                                                                       on_step)
+                                                                       on_step, turns)
                 out.steps.append(len(times))
                 out.step_times.extend(times)
                 out.step_streams.extend(streams)
                 for j, i in enumerate(idx):
+                    if keep_encoded:
+                        encoded_out[i] = encs[j]
+                    if turns is not None:
+                        out.segments[i] = hyps[j]
+                        tokens[i] = [t for seg in hyps[j] for t in seg.tokens]
+                        emit_s[i] = [e for seg in hyps[j] for e in seg.emit_s]
+                        frames[i] = [f for seg in hyps[j] for f in seg.frames]
+                        continue
                     tokens[i], emit_s[i] = hypothesis_tokens(hyps[j]), emits[j]
                     frames[i] = self._frame_list(hyps[j]) if hyps[j] is not None else []
                     confidence[i] = self._confidence_list(hyps[j]) if hyps[j] is not None else None
-                    if keep_encoded:
-                        encoded_out[i] = encs[j]
-        out.texts = self.texts(tokens)
+        out.texts = self.texts(tokens) if endpoint is None else \
+            [" ".join(t for t in self.texts([seg.tokens for seg in segs]) if t) for segs in out.segments]
         out.encoded = encoded_out if keep_encoded else None
         return out
 
@@ -241,7 +261,8 @@ class StreamingRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool, on_step=None):
+    def _stream_batch(self, enc, feats: list[torch.Tensor], keep_encoded: bool, on_step=None, turns=None):
+        """Stream one batch; returns (per stream: its hypothesis, or its segments when ``turns`` are given, ...)."""
         geo = ChunkGeometry.of(self.model, enc)
         pre_cache = geo.pre_cache
         batch, lengths = self._pad(feats)
@@ -249,7 +270,9 @@ class StreamingRunner:
         cache_channel, cache_time, cache_channel_len = enc.get_initial_cache_state(
             batch_size=n_streams, dtype=batch.dtype, device=batch.device
         )
+        fresh = enc.get_initial_cache_state(batch_size=1, dtype=batch.dtype, device=batch.device)
         hyps: list = [None] * n_streams
+        segments: list[list] = [[] for _ in range(n_streams)]
         pieces: list[list[torch.Tensor]] = [[] for _ in range(n_streams)]
         emits: list[list[float]] = [[] for _ in range(n_streams)]
         times: list[float] = []
@@ -296,7 +319,19 @@ class StreamingRunner:
             times.append(ended - began)
             streams.append(n)
             stop = on_step is not None and on_step(StepTiming(step, n, encoded_at - began, ended - encoded_at))
-            if self.carries:
+            if turns is not None:
+                for j in range(n):
+                    at_s = (min(end, lengths_list[j]) - shift) * hop_s
+                    closed = turns[j].step(hypothesis_tokens(hyps[j]), hypothesis_stamps(hyps[j]),
+                                           int(enc_len[j]), at_s)
+                    if closed is not None:
+                        segments[j].append(closed)
+                        hyps[j] = None  # the next segment decodes as if alone
+                        if turns[j].rules.reset_encoder:
+                            cache_channel[:, j] = fresh[0][:, 0]
+                            cache_time[:, j] = fresh[1][:, 0]
+                            cache_channel_len[j] = fresh[2][0]
+            elif self.carries:
                 for j in range(n):
                     record_emissions(emits[j], hyps[j], (min(end, lengths_list[j]) - shift) * hop_s)
             if keep_encoded or not self.carries:
@@ -314,4 +349,8 @@ class StreamingRunner:
             for j in range(n_streams):
                 record_emissions(emits[j], hyps[j], (lengths_list[j] - shift) * hop_s)
         encoded_full = [torch.cat(p).cpu() if p else torch.zeros(0) for p in pieces] if keep_encoded else None
+        if turns is not None:  # the stream has ended: its last segment closes
+            for j in range(n_streams):
+                segments[j].append(turns[j].close((lengths_list[j] - shift) * hop_s, "end"))
+            return segments, emits, encoded_full, times, streams
         return hyps, emits, encoded_full, times, streams

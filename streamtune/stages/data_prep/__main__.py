@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "data.augment.rir_path instead of noise cuts for data.augment.noise_path")
     noise.set_defaults(func=run_noise)
 
+    turns = sub.add_parser("turns", help="multi-turn recordings (turns, pauses between and within them) made from "
+                           "prepared single-utterance cuts, with every turn's start and end: endpointing test sets")
+    turns.add_argument("--cuts", required=True, help="prepared cuts whose utterances become turns (only read)")
+    turns.add_argument("--out", required=True, help="output directory (cuts_turns.jsonl.gz, audio/)")
+    turns.add_argument("--sessions", type=int, default=50, help="recordings to make")
+    turns.add_argument("--seed", type=int, default=0)
+    turns.add_argument("--turns", type=int, nargs=2, default=[2, 4], metavar=("MIN", "MAX"), help="turns per session")
+    turns.add_argument("--gap-s", type=float, nargs=2, default=[1.5, 3.0], metavar=("MIN", "MAX"),
+                       help="pause between turns, seconds")
+    turns.add_argument("--pause-s", type=float, nargs=2, default=[0.2, 0.5], metavar=("MIN", "MAX"),
+                       help="pause within a turn (mid-utterance, between two words), seconds")
+    turns.add_argument("--pause-prob", type=float, default=0.5, help="share of turns with a within-turn pause")
+    turns.add_argument("--tail-s", type=float, nargs=2, default=[3.0, 3.0], metavar=("MIN", "MAX"),
+                       help="silence after the last turn, seconds")
+    turns.add_argument("--append-token", help="append this token to every turn's text (training data for an "
+                       "end-of-turn token: --turns 1 1 --tail-s 0.5 2.0 --append-token '<EOU>')")
+    turns.set_defaults(func=run_turns)
+
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer from cuts into a NeMo tokenizer dir")
     tok.add_argument("--cuts", required=True, nargs="+", help="cuts file(s) whose transcripts train it")
     tok.add_argument("--out", required=True, help="output tokenizer directory")
@@ -121,6 +139,14 @@ def run_noise(args) -> None:
     from streamtune.data.noise import prepare_noise
 
     prepare_noise(args.dir, args.out, rirs=args.rirs)
+
+
+def run_turns(args) -> None:
+    from streamtune.data.turns import TurnPlan, prepare_turns
+
+    plan = TurnPlan(turns=tuple(args.turns), gap_s=tuple(args.gap_s), pause_s=tuple(args.pause_s),
+                    pause_prob=args.pause_prob, tail_s=tuple(args.tail_s), append_token=args.append_token)
+    prepare_turns(args.cuts, args.out, args.sessions, seed=args.seed, plan=plan)
 
 
 def run_tokenizer(args) -> None:
