@@ -108,11 +108,12 @@ def test_the_runner_and_the_live_streams_share_one_streaming_rule():
     exactness tests (test_serve) show their tokens equal."""
     import inspect
 
-    from streamtune.streaming import chunking, live, runner
+    from streamtune.streaming import chunking, endpoint, live, runner
 
-    shared = ("ChunkGeometry", "encoder_step", "decoder_step", "hypothesis_tokens", "record_emissions", "sample_rate")
+    shared = ("ChunkGeometry", "encoder_step", "decoder_step", "hypothesis_tokens", "hypothesis_stamps", "sample_rate")
     for name in shared:
         assert getattr(runner, name) is getattr(chunking, name) is getattr(live, name), name
+    assert runner.Turns is endpoint.Turns is live.Turns  # and one endpointing rule
     for module in (runner, live):
         source = inspect.getsource(module)
         for rewritten in ("cache_aware_stream_step(", "rnnt_decoder_predictions_tensor(", "pre_encode_cache_size",

@@ -128,6 +128,9 @@ def test_each_turn_decodes_as_if_alone_after_the_decoder_reset(words_model, sess
             assert all(a.end_s <= b.start_s + 1e-6 for a, b in zip(segments, segments[1:]))
             for seg in segments:
                 first = round(seg.start_s / runner.frame_s())
+                if first >= len(out.encoded[k]):  # closed by the stream's end at its last frame: nothing after
+                    assert not seg.tokens
+                    continue
                 encoded = out.encoded[k][first:].T.unsqueeze(0)
                 hyp = decoder_step(words_model, encoded, torch.tensor([encoded.shape[2]]), None)[0]
                 fresh = hypothesis_tokens(hyp)
@@ -169,6 +172,31 @@ def test_a_session_that_never_pauses_is_cut_at_the_maximum_segment_length(words_
         finals += [u for u in live.step() if u.final]
     assert [(f.segment, f.tokens, f.end_s, f.reason) for f in finals] == \
         [(s.index, s.tokens, s.end_s, s.reason) for s in segments]
+
+
+def test_the_onnx_decoder_cuts_the_same_turns(bundle, sessions):
+    """Our ONNX Runtime decoder over the bundle's encoders, with the same rules, closes the same segments with the
+    same tokens at the same times as PyTorch streaming fed as an exported encoder is ("export" feeding)."""
+    from streamtune.data.reading import load_utterances
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.streaming.endpoint import Turns
+    from streamtune.streaming.runner import StreamingRunner
+
+    model = load_model(bundle / "model.nemo")
+    runner = StreamingRunner(model, batch_size=4, feeding="export")
+    feats = [runner.features(u.audio) for u in load_utterances(sessions)]
+    rules = _rules()
+    for mode in [m for m in chunk_modes(model) if m.chunk_ms in (160, 560)]:
+        expected = runner.streaming(mode, feats, endpoint=rules).segments
+        decoder = OrtStreamingDecoder(bundle / "onnx" / f"{mode.chunk_ms}ms")
+        for f, want in zip(feats, expected):
+            got = []
+            decoder.decode(f.numpy(), turns=Turns(rules, runner.frame_s()), segments=got,
+                           silence_frames=runner.silence_frames(), hop_s=runner.hop_samples() / 16000)
+            assert [(s.index, s.tokens, s.reason, s.end_s) for s in got] == \
+                [(s.index, s.tokens, s.reason, s.end_s) for s in want], mode.chunk_ms
 
 
 def test_evaluate_scores_turns_for_every_mode(words_run, sessions, words_overrides, tmp_path):
@@ -262,3 +290,32 @@ def test_appending_a_token_twice_is_refused(words_run):
     add_tokens(model, ["<EOU>"])
     with pytest.raises(UserError, match=r"'<EOU>' is already in the tokenizer \(id"):
         add_tokens(model, ["<EOU>"])
+
+
+def test_the_eou_recipe_trains_a_model_that_has_the_token(finetune, base_nemo, corpus, tmp_path):
+    """recipes/nemotron/eou.yaml from a start point, on <EOU> turns made by data_prep plus plain replay: the run
+    reports the appended token, and its final.nemo has it (id after every old piece) and restores in plain NeMo."""
+    from nemo.collections.asr.models import ASRModel
+
+    from streamtune.data.turns import TurnPlan, prepare_turns
+    from streamtune.streaming.endpoint import eou_id
+
+    eou = prepare_turns(corpus / "cuts_train.jsonl.gz", tmp_path / "eou", sessions=12, seed=seeded(4),
+                        plan=TurnPlan(turns=(1, 1), tail_s=(0.3, 0.6), append_token="<EOU>"))
+    run = finetune("eou.yaml", base_nemo, tmp_path / "run", f"data.train=[[{eou}, 0.9], "
+                   f"[{corpus / 'cuts_train.jsonl.gz'}, 0.1]]", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    setup = (run / "model_setup.txt").read_text()
+    assert "model.add_tokens ['<EOU>']: vocabulary 96 -> 97 pieces (ids <EOU>=96" in setup, setup
+    model = ASRModel.restore_from(str(run / "final.nemo"), map_location="cpu")
+    assert eou_id(model.tokenizer) == 96 and model.decoder.blank_idx == 97
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--endpoint", "eou"], "has no '<EOU>' piece"),
+    (["--trailing-silence-s", "30"], "is not below endpoint.max_segment_s 20 s"),
+])
+def test_serve_refuses_endpointing_it_cannot_do_in_one_line(bundle, flags, needle):
+    from tests.helpers import one_line_error, run_entry
+
+    proc = run_entry("-m", "export", "serve", "--bundle", str(bundle), "--max-streams", "1", *flags, timeout=300)
+    one_line_error(proc.returncode, proc.stderr, needle)

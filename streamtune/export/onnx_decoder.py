@@ -54,16 +54,28 @@ class OrtStreamingDecoder:
             np.array([[token]], dtype=np.int32), np.array([1], dtype=np.int32), *states])))
         return out[0], (out[2], out[3])  # [1, H, 1], new (h, c)
 
-    def decode(self, feats: np.ndarray, keep_encoded: bool = False, record: list | None = None):
+    def _start(self):
+        """The prediction net after the start-of-sequence (the blank, blank_as_pad): (output, states)."""
+        states = (np.zeros((self.pred_layers, 1, self.pred_hidden), dtype=np.float32),) * 2
+        return self._predict(self.blank, states)
+
+    def decode(self, feats: np.ndarray, keep_encoded: bool = False, record: list | None = None, turns=None,
+               segments: list | None = None, silence_frames: int = 0, hop_s: float = 0.01):
         """``feats``: [F, T] float32, silence-padded. Returns (tokens, encoder output [T', D] or None).
 
-        ``record``: a list to append every encoder step's inputs to (calibration for static quantisation)."""
+        ``record``: a list to append every encoder step's inputs to (calibration for static quantisation).
+        ``turns``: a :class:`streamtune.streaming.endpoint.Turns` to cut the stream into segments as the PyTorch
+        paths do (the decoder starts afresh at each endpoint, the encoder caches carry on), each closed segment
+        appended to ``segments``; the tokens returned are then the segments' (without ``<EOU>``).
+        ``silence_frames`` and ``hop_s`` give the audio time of a step's end as ``StreamingRunner(feeding="export")``
+        counts it."""
         channel = np.zeros(self.cache_channel, dtype=np.float32)
         time_ = np.zeros(self.cache_time, dtype=np.float32)
         channel_len = np.zeros(1, dtype=np.int64)
-        states = (np.zeros((self.pred_layers, 1, self.pred_hidden), dtype=np.float32),) * 2
-        dec_out, states = self._predict(self.blank, states)  # blank as start-of-sequence (blank_as_pad)
+        dec_out, states = self._start()
         tokens, pieces = [], []
+        hyp, stamps = [], []  # the current segment's hypothesis: tokens, frames since it started
+        closed_segments = segments if segments is not None else []
         total = feats.shape[1]
         start = self.pre_cache
         while start < total:
@@ -78,6 +90,7 @@ class OrtStreamingDecoder:
             n_frames = int(enc_len[0])
             if keep_encoded:
                 pieces.append(encoded[0, :, :n_frames].T)
+            offset = (turns.decoded - turns.hyp_start) if turns is not None else 0
             for t in range(n_frames):
                 frame = encoded[:, :, t: t + 1]
                 for _ in range(self.max_symbols):
@@ -86,7 +99,19 @@ class OrtStreamingDecoder:
                     if k == self.blank:
                         break
                     tokens.append(k)
+                    hyp.append(k)
+                    stamps.append(offset + t)
                     dec_out, states = self._predict(k, states)
+            if turns is not None:
+                at_s = (min(start + self.shift, total) - silence_frames) * hop_s
+                closed = turns.step(hyp, stamps, n_frames, at_s)
+                if closed is not None:
+                    closed_segments.append(closed)
+                    hyp, stamps = [], []
+                    dec_out, states = self._start()
             start += self.shift
         encoded_all = np.concatenate(pieces) if keep_encoded and pieces else None
+        if turns is not None:
+            closed_segments.append(turns.close((total - silence_frames) * hop_s, "end"))
+            tokens = [t for seg in closed_segments for t in seg.tokens]
         return tokens, encoded_all

@@ -31,7 +31,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,10 @@ class ServeOptions:
     idle_s: float = 30.0
     max_message_kib: int = 256
     device: str = "cpu"
-    # Endpointing (streamtune.streaming.endpoint.EndpointRules); None: <EOU> when the model has it, else rules.
-    endpoint: object = None
+    # Endpointing (streamtune.streaming.endpoint): "auto" (<EOU> when the model has it, else the rules), "rules",
+    # "eou" or "none", with the EndpointRules fields given here replacing the method's defaults.
+    endpoint: str = "auto"
+    endpoint_settings: dict = field(default_factory=dict)
 
 
 def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
@@ -228,11 +230,12 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     """Load, probe the capacity (unless ``max_streams`` is given), and serve until interrupted."""
     from aiohttp import web
 
-    from streamtune.streaming.endpoint import default_rules, describe
+    from streamtune.streaming.endpoint import EndpointRules, default_rules, describe
     from streamtune.streaming.live import probe_capacity
 
     model, mode = load_bundle_model(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
-    endpoint = options.endpoint or default_rules(model.tokenizer)
+    endpoint = default_rules(model.tokenizer) if options.endpoint == "auto" else EndpointRules(options.endpoint)
+    endpoint = replace(endpoint, **options.endpoint_settings)  # checked again: contradictions are errors
     endpoint.token_id(model.tokenizer)  # a clear error before serving when eou is asked of a model without it
     max_streams = options.max_streams
     if max_streams is None:

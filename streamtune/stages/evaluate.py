@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     from streamtune.streaming.decoding import decoding_from_config
 
     decoding = decoding_from_config(cfg.eval)  # a misspelt strategy or a missing boost file, before any decoding
+    from streamtune.streaming.endpoint import EndpointRules
+
+    EndpointRules.from_config(cfg.endpoint)  # contradicting endpoint.* settings, before any decoding
+    if not cfg.endpoint.miss_window_s > 0:
+        raise UserError(f"endpoint.miss_window_s is {cfg.endpoint.miss_window_s}: a number of seconds above 0")
     import torch
 
     import streamtune

@@ -130,25 +130,26 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--endpoint", choices=["auto", "none", "rules", "eou"], default="auto",
                          help="how a session is cut into turns (default: eou when the model has the <EOU> token, "
                          "else rules; see docs/serving.md)")
-    serving.add_argument("--trailing-silence-s", type=float, default=0.8,
-                         help="rules: silence after speech that ends a turn (0: off)")
-    serving.add_argument("--leading-silence-s", type=float, default=2.4,
-                         help="silence with nothing decoded after which a segment restarts (0: off)")
-    serving.add_argument("--max-segment-s", type=float, default=20.0, help="the longest a turn may run")
+    serving.add_argument("--trailing-silence-s", type=float,
+                         help="silence after speech that ends a turn (default 0.8 s; with <EOU>, 1.6 s as a "
+                         "fallback; 0: off)")
+    serving.add_argument("--leading-silence-s", type=float,
+                         help="silence with nothing decoded after which a segment restarts (default 2.4 s; 0: off)")
+    serving.add_argument("--max-segment-s", type=float, help="the longest a turn may run (default 20 s)")
     add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
     if args.step == "serve":
         from streamtune.serve.server import ServeOptions, serve
-        from streamtune.streaming.endpoint import EndpointRules
 
         if not args.bundle:
             raise UserError("`python -m export serve` needs --bundle DIR (an exported, verified bundle)")
         if args.max_streams is not None and args.max_streams < 1:
             raise UserError("--max-streams must be >= 1")
-        endpoint = None if args.endpoint == "auto" else EndpointRules(
-            args.endpoint, args.trailing_silence_s or None, args.leading_silence_s or None, args.max_segment_s)
+        given = {key: (value or None) if key != "max_segment_s" else value for key, value in (
+            ("trailing_silence_s", args.trailing_silence_s), ("leading_silence_s", args.leading_silence_s),
+            ("max_segment_s", args.max_segment_s)) if value is not None}
         serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
-                                              args.max_message_kib, args.device, endpoint),
+                                              args.max_message_kib, args.device, args.endpoint, given),
               args.expect_manifest_sha256)
         return 0
     if args.step == "verify" and args.bundle:
