@@ -348,7 +348,8 @@ def test_browser_microphone_page_shows_the_words(served_turns, utterances, tmp_p
         WebDriverWait(browser, 60).until(lambda b: float(b.execute_script(
             "return (typeof ctx !== 'undefined' && ctx) ? ctx.currentTime : 0") or 0) > len(pcm) / 16000 + 2.5)
         browser.find_element(By.ID, "mic").click()  # stop: "end", then the final result
-        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "final").text)
+        # Every turn's final shown: the page says "done" once the last one ("last": true) is in.
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "status").text == "done")
         final = browser.find_element(By.ID, "final").text
         latency = browser.find_element(By.ID, "latency").text
         frames = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
