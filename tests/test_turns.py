@@ -107,6 +107,41 @@ def sessions(words_overrides, tmp_path_factory) -> Path:
                          seed=seeded(3), plan=TurnPlan(turns=(2, 3)))
 
 
+def test_turn_sessions_carry_exact_turn_boundaries(sessions):
+    """Between turns there is nothing but silence; a turn starts and ends on speech; its within-turn pause lies
+    inside it and is silence; the texts are the source utterances'."""
+    import gzip
+
+    from streamtune.data.reading import load_utterances
+
+    utts = load_utterances(sessions)
+    with gzip.open(sessions, "rt") as f:
+        cuts = [json.loads(line) for line in f]
+    for utt, cut in zip(utts, cuts):
+        audio, rate = utt.audio, 16000
+        edges = [0.0] + [x for a, e, _ in utt.turns for x in (a, e)] + [utt.duration_s]
+        for k in range(0, len(edges), 2):  # the silences: before, between and after the turns
+            assert not audio[round(edges[k] * rate): round(edges[k + 1] * rate)].any(), (utt.id, k)
+        for (start, end, text), sup in zip(utt.turns, cut["supervisions"]):
+            speech = audio[round(start * rate): round(end * rate)]
+            assert speech[0] != 0 and speech[-1] != 0 and text
+            for a, b in sup["custom"]["pauses"]:
+                assert start < a < b < end and not audio[round(a * rate): round(b * rate)].any()
+
+
+@pytest.mark.parametrize("plan, needle", [
+    ({"pause_s": (0.2, 2.0)}, "must be shorter than the pause between turns"),
+    ({"gap_s": (3.0, 1.0)}, "is not a range"),
+    ({"append_token": "<E O U>"}, "is not a token"),
+])
+def test_turn_plans_that_cannot_work_are_refused(plan, needle):
+    from streamtune.data.turns import TurnPlan
+    from streamtune.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        TurnPlan(**plan).check()
+
+
 def test_each_turn_decodes_as_if_alone_after_the_decoder_reset(words_model, sessions):
     """After an endpoint the decoder starts afresh and the encoder goes on: a segment's tokens are exactly what a
     fresh greedy search gives over the streamed encoder output from the segment's start (every mode)."""

@@ -97,7 +97,7 @@ def read_utterance(cut) -> Utterance:
     turns = None
     if len(cut.supervisions) > 1:
         sups = sorted(cut.supervisions, key=lambda s: s.start)
-        turns = [(round(float(s.start), 4), round(float(s.end), 4), s.text or "") for s in sups]
+        turns = [(round(float(s.start), 6), round(float(s.end), 6), s.text or "") for s in sups]
     return Utterance(cut.id, text, audio.astype(np.float32), float(cut.duration), _word_timings(cut), source,
                      float(getattr(cut, "start", 0.0)), turns)
 

@@ -3,8 +3,8 @@ turns``): a session is a few turns separated by pauses of drawn length; a turn i
 have a short within-turn pause (a hesitation mid-sentence: silence put into the quietest gap between words in the
 middle of the utterance, so the speech around it does not sound finished). Every utterance's silence is trimmed
 (1 % of its peak), so a turn's reference end is where its speech ends. Each session is one recording with one
-supervision per turn (start, duration, text), as ``evaluate.py`` reads multi-turn test sets; the within-turn
-pauses are kept in the supervision's ``custom``. Deterministic from the seed; the source cuts are only read.
+supervision per turn (start, duration, text; times to the microsecond, so a boundary names its sample), as
+``evaluate.py`` reads multi-turn test sets; the within-turn pauses are kept in the supervision's ``custom``. Deterministic from the seed; the source cuts are only read.
 
 Training data for an end-of-turn token is the same thing with one turn per recording, a drawn stretch of silence
 after it (the post-padding the model learns to end the turn in) and the token appended to the text
@@ -116,13 +116,13 @@ def prepare_turns(cuts: str | Path, out_dir: str | Path, sessions: int, seed: in
                 cut_at = quiet_point(speech)
                 pause = silence(rng.uniform(*plan.pause_s))
                 begins = (at + cut_at) / SAMPLE_RATE
-                pauses.append([round(begins, 4), round(begins + len(pause) / SAMPLE_RATE, 4)])
+                pauses.append([round(begins, 6), round(begins + len(pause) / SAMPLE_RATE, 6)])
                 speech = np.concatenate([speech[:cut_at], pause, speech[cut_at:]])
             pieces.append(speech)
             at += len(speech)
             sups.append(SupervisionSegment(
-                id=f"{sid}-t{t}", recording_id=sid, start=round(start / SAMPLE_RATE, 4),
-                duration=round((at - start) / SAMPLE_RATE, 4), text=utt.text + (plan.append_token or ""),
+                id=f"{sid}-t{t}", recording_id=sid, start=round(start / SAMPLE_RATE, 6),
+                duration=round((at - start) / SAMPLE_RATE, 6), text=utt.text + (plan.append_token or ""),
                 language="en", custom={"pauses": pauses, "source": utt.id}))
         pieces.append(silence(rng.uniform(*plan.tail_s)))
         path = out_dir / "audio" / f"{sid}.wav"
