@@ -235,6 +235,45 @@ def test_a_client_can_end_its_turn(served_turns, turn_sessions):
     assert [f["segment"] for f in got["finals"]] == list(range(len(reasons)))
 
 
+def test_clients_that_send_end_and_reset_leave_nothing_behind(bundle, utterances, capfd):
+    """40 clients send their audio and `end`, then reset the connection before their final: no stream is left in
+    the server or its compute state, no traceback in the log (a send to a reset socket once raised in the handler);
+    then a client is served as before."""
+    import time
+    import urllib.request
+
+    import aiohttp
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=64))
+    pcm = utterances[0][1]
+    try:
+        async def one():
+            session = aiohttp.ClientSession()
+            ws = await session.ws_connect(running.url + "/ws")
+            await ws.receive_json()
+            await ws.send_bytes(pcm.tobytes())
+            await ws.send_str(json.dumps({"type": "end"}))
+            ws._response.connection.transport.abort()  # a reset, not a close handshake
+            await session.close()
+
+        async def main():
+            await asyncio.gather(*[one() for _ in range(40)])
+        asyncio.run(main())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (running.server.clients or running.server.live.streams):
+            time.sleep(0.1)
+        info = json.loads(urllib.request.urlopen(running.url + "/info").read())
+        assert info["streams"] == 0 and not running.server.live.streams
+        assert _run_clients(running.url, [pcm])[0]["final"]["tokens"] == utterances[0][2]
+    finally:
+        running.stop()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "never retrieved" not in captured.out + captured.err
+
+
 def _one_message(url: str, send) -> tuple[dict, int | None]:
     """Connect, let ``send(ws)`` misbehave, return (the error message, the close code)."""
     import aiohttp
@@ -264,12 +303,57 @@ def test_bad_clients_get_one_clear_error_each(served):
     async def silent(ws):
         await asyncio.sleep(3.5)
 
+    async def deep(ws):  # once a RecursionError in the server and a close without a word
+        await ws.send_str("[" * 200_000)
+
     cases = {odd: ("bad_frame", "even number of bytes", 1003), chatter: ("bad_message", '{"type": "end"} or', 1003),
+             deep: ("bad_message", '{"type": "end"} or', 1003),
              too_big: ("message_too_large", "limit is 65536", 1009), silent: ("idle", "no message for 3 s", 1008)}
     for send, (code, text, close) in cases.items():
         error, closed = _one_message(served.url, send)
         assert error["type"] == "error" and error["code"] == code and text in error["message"], error
         assert closed == close, (code, closed)
+
+
+def test_pages_of_other_origins_and_other_host_names_are_refused(bundle, capfd):
+    """A page the user visits elsewhere cannot open a stream (its Origin), nor can a DNS-rebinding page (its Host);
+    the server's own page and a listed origin can; each refusal is one log line."""
+    import urllib.error
+    import urllib.request
+
+    import aiohttp
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=4, allow_origins=("https://app.example",)))
+    port = running.port
+    cases = {"another site's page": {"Origin": "http://evil.example"},
+             "a rebinding page": {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"},
+             "the server's own page": {"Origin": running.url}, "a listed origin": {"Origin": "https://app.example"},
+             "a program (no Origin)": {}}
+    try:
+        async def main():
+            out = {}
+            async with aiohttp.ClientSession() as session:
+                for name, headers in cases.items():
+                    try:
+                        async with session.ws_connect(running.url + "/ws", headers=headers) as ws:
+                            out[name] = (await ws.receive_json())["type"]
+                    except aiohttp.WSServerHandshakeError as err:
+                        out[name] = err.status
+            return out
+        assert asyncio.run(main()) == {"another site's page": 403, "a rebinding page": 403,
+                                       "the server's own page": "ready", "a listed origin": "ready",
+                                       "a program (no Origin)": "ready"}
+        request = urllib.request.Request(running.url + "/info", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403 and "--allow-host" in refused.value.read().decode()
+    finally:
+        running.stop()
+    log = [line for line in capfd.readouterr().out.splitlines() if " refused " in line]
+    assert len(log) == 3 and all("Traceback" not in line for line in log), log
 
 
 def test_over_capacity_is_refused_clearly(bundle, utterances):

@@ -4,7 +4,8 @@ have a short within-turn pause (a hesitation mid-sentence: silence put into the 
 middle of the utterance, so the speech around it does not sound finished). Every utterance's silence is trimmed
 (1 % of its peak), so a turn's reference end is where its speech ends. Each session is one recording with one
 supervision per turn (start, duration, text; times to the microsecond, so a boundary names its sample), as
-``evaluate.py`` reads multi-turn test sets; the within-turn pauses are kept in the supervision's ``custom``. Deterministic from the seed; the source cuts are only read.
+``evaluate.py`` reads multi-turn test sets; the within-turn pauses are kept in the supervision's ``custom``.
+Deterministic from the seed; the source cuts are only read.
 
 Training data for an end-of-turn token is the same thing with one turn per recording, a drawn stretch of silence
 after it (the post-padding the model learns to end the turn in) and the token appended to the text

@@ -15,8 +15,15 @@ Protocol (one WebSocket per stream, at ``ws://HOST:PORT/ws``; the page at ``http
   ``{"type": "final", "segment", "text", "tokens", "words", "audio_s", "start_s", "end_s", "reason", "last"}``;
   after ``end``, the last segment's final (``"last": true``), then it closes;
 * anything else gets ``{"type": "error", "code", "message"}`` and a close: a binary message of an odd number of
-  bytes, text that is not ``end`` / ``endpoint``, audio after ``end``, a message over the size limit, no message
-  for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close code 1013, try again later).
+  bytes, text that is not ``end`` / ``endpoint`` (or longer than 1 KiB, or not JSON), audio after ``end``, a
+  message over the size limit, no message for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close
+  code 1013, try again later).
+
+Who may connect: a request whose ``Host`` names none of the server's names (the loopback names, ``--host``, and
+``--allow-host``) is refused with HTTP 403 (a DNS-rebinding page cannot reach it), and so is a WebSocket whose
+``Origin`` is neither the server's own (the same scheme-less host and port as its ``Host``) nor listed with
+``--allow-origin``: a web page the user visits cannot open streams. Clients that send no ``Origin`` (programs, not
+browsers) are not affected. Each refusal is one line in the log.
 
 One compute thread steps every stream that has a chunk ready in one batched cache-aware step
 (:class:`streamtune.streaming.live.LiveStreams`); streams join and leave at any time, and each gets exactly the tokens
@@ -39,6 +46,20 @@ import numpy as np
 from streamtune.errors import UserError
 
 PAGE = Path(__file__).with_name("page.html")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_TEXT_BYTES = 1024  # control messages are small JSON objects
+
+
+def control_message(text: str) -> str | None:
+    """The ``type`` of a client's text message, None for anything that is not a small JSON object (a message of
+    200,000 ``[`` is refused by its size, a deeply nested one within it by the parser's depth limit)."""
+    if len(text) > MAX_TEXT_BYTES:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value.get("type") if isinstance(value, dict) else None
 
 
 @dataclass
@@ -54,6 +75,10 @@ class ServeOptions:
     # "eou" or "none", with the EndpointRules fields given here replacing the method's defaults.
     endpoint: str = "auto"
     endpoint_settings: dict = field(default_factory=dict)
+    # Host names (besides the loopback names and `host`) a request's Host header may name, and page origins
+    # (scheme://host[:port]) besides the server's own that may open WebSockets.
+    allow_hosts: list[str] = field(default_factory=list)
+    allow_origins: list[str] = field(default_factory=list)
 
 
 def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
@@ -80,7 +105,8 @@ class StreamServer:
     """The aiohttp application: the page, the WebSocket endpoint, and the compute thread over LiveStreams."""
 
     def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
-                 device: str = "cpu", endpoint=None):
+                 device: str = "cpu", endpoint=None, allow_hosts: tuple[str, ...] | None = (),
+                 allow_origins: tuple[str, ...] = ()):
         from streamtune.streaming.live import LiveStreams
 
         # endpoint: streamtune.streaming.endpoint.EndpointRules (None: one segment per stream, ended by `end`).
@@ -89,6 +115,9 @@ class StreamServer:
         self.max_streams = max_streams
         self.idle_s = idle_s
         self.max_message_bytes = max_message_kib * 1024
+        # None: any Host (a server bound to every address without --allow-host cannot know its names).
+        self.allow_hosts = None if allow_hosts is None else {h.lower().strip("[]") for h in (*LOOPBACK, *allow_hosts)}
+        self.allow_origins = {o.rstrip("/").lower() for o in allow_origins}
         self.clients: dict[str, asyncio.Queue] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -115,7 +144,7 @@ class StreamServer:
     def app(self):
         from aiohttp import web
 
-        app = web.Application()
+        app = web.Application(middlewares=[self._who_may_connect])
         app.router.add_get("/", self._page)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/info", self._info)
@@ -133,6 +162,39 @@ class StreamServer:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
 
+    def refusal(self, request) -> str | None:
+        """Why a request may not be served (its Host or its Origin), or None."""
+        from urllib.parse import urlsplit
+
+        host = (request.host or "").lower()
+        name = urlsplit(f"//{host}").hostname or ""
+        if self.allow_hosts is not None and name not in self.allow_hosts:
+            return (f"Host '{host}' is not one of this server's names ({', '.join(sorted(self.allow_hosts))}); "
+                    "add it with --allow-host")
+        origin = request.headers.get("Origin")
+        if origin is not None and request.path == "/ws":
+            origin = origin.rstrip("/").lower()
+            own = {f"http://{host}", f"https://{host}"}
+            if origin not in own and origin not in self.allow_origins:
+                return f"Origin '{origin}' is not this server's own; allow a page's origin with --allow-origin"
+        return None
+
+    @staticmethod
+    def _log(line: str) -> None:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
+
+    async def _who_may_connect(self, app, handler):
+        from aiohttp import web
+
+        async def check(request):
+            why = self.refusal(request)
+            if why is not None:
+                self._log(f"refused {request.remote} {request.method} {request.path}: {why}")
+                return web.Response(status=403, text=why + "\n")
+            return await handler(request)
+
+        return check
+
     async def _page(self, request):
         from aiohttp import web
 
@@ -146,10 +208,21 @@ class StreamServer:
 
     # ----- WebSocket -------------------------------------------------------------------------
     async def _error(self, ws, code: str, message: str, close_code: int = 1008) -> None:
-        await ws.send_json({"type": "error", "code": code, "message": message})
-        await ws.close(code=close_code, message=code.encode())
+        try:
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(code=close_code, message=code.encode())
+        except ConnectionError:  # the client has gone already
+            pass
 
-    async def _send_results(self, ws, queue: asyncio.Queue) -> None:
+    async def _send_results(self, ws, queue: asyncio.Queue) -> bool:
+        """Send the stream's results until its last final; False when the client reset the connection first."""
+        try:
+            await self._send_loop(ws, queue)
+            return True
+        except ConnectionError:  # the handler drops the stream
+            return False
+
+    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
         while True:
             update = await queue.get()
             message = {"type": "final" if update.final else "partial", "segment": update.segment,
@@ -199,10 +272,7 @@ class StreamServer:
                         break
                     self.live.feed(sid, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
                 elif msg.type == WSMsgType.TEXT:
-                    try:
-                        kind = json.loads(msg.data).get("type")
-                    except (ValueError, AttributeError):
-                        kind = None
+                    kind = control_message(msg.data)
                     if kind == "endpoint":
                         self.live.cut(sid)
                         continue
@@ -217,13 +287,30 @@ class StreamServer:
                 else:  # the client closed
                     break
             if ended:
-                await sender  # the final result, then the server closes
+                await self._until_final(ws, sender)
         finally:
+            delivered = sender.done() and not sender.cancelled() and sender.result()
             if not sender.done():
                 sender.cancel()
-                self.live.drop(sid)  # left before its final result: stop computing for it
+            if not delivered:
+                self.live.drop(sid)  # left before its last final (even after `end`): stop computing for it
             self.clients.pop(sid, None)
         return ws
+
+    async def _until_final(self, ws, sender: asyncio.Task) -> None:
+        """After ``end``: wait for the last final while watching the socket, so that a client that resets or closes
+        before it arrives is noticed at once (its queued audio is then not decoded), and anything it sends is an
+        error."""
+        from aiohttp import WSMsgType
+
+        receiving = asyncio.ensure_future(ws.receive())
+        done, _ = await asyncio.wait({sender, receiving}, return_when=asyncio.FIRST_COMPLETED)
+        if sender in done:
+            receiving.cancel()
+            return
+        msg = receiving.result()
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            await self._error(ws, "bad_message", 'nothing may follow {"type": "end"}', close_code=1003)
 
 
 def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | None = None) -> None:
@@ -243,11 +330,17 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
         max_streams = max(1, probe_capacity(model, mode, options.device))
         print(f"capacity probe: {max_streams} streams step within half a {mode.chunk_ms} ms chunk on this machine "
               f"({time.perf_counter() - began:.1f} s; set --max-streams to choose)", flush=True)
-    if options.host not in ("127.0.0.1", "localhost", "::1"):
+    if options.host not in LOOPBACK:
         print(f"warning: listening on {options.host}: anyone who reaches it can stream (no authentication)",
               flush=True)
+    wildcard = options.host in ("0.0.0.0", "::", "")
+    if wildcard and not options.allow_hosts:
+        print(f"warning: listening on every address ({options.host or 'all'}) without --allow-host: the Host header "
+              "is not checked (name the addresses clients use with --allow-host)", flush=True)
+    hosts = None if wildcard and not options.allow_hosts else (*([] if wildcard else [options.host]),
+                                                                *options.allow_hosts)
     server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device,
-                          endpoint)
+                          endpoint, hosts, tuple(options.allow_origins))
     print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)

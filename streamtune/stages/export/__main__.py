@@ -136,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--leading-silence-s", type=float,
                          help="silence with nothing decoded after which a segment restarts (default 2.4 s; 0: off)")
     serving.add_argument("--max-segment-s", type=float, help="the longest a turn may run (default 20 s)")
+    serving.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                         help="a host name clients may reach the server by, besides the loopback names and --host "
+                         "(repeat; requests naming another Host are refused)")
+    serving.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                         help="a web page origin (https://app.example) whose pages may open streams, besides the "
+                         "server's own page (repeat)")
     add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
     if args.step == "serve":
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             ("trailing_silence_s", args.trailing_silence_s), ("leading_silence_s", args.leading_silence_s),
             ("max_segment_s", args.max_segment_s)) if value is not None}
         serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
-                                              args.max_message_kib, args.device, args.endpoint, given),
+                                              args.max_message_kib, args.device, args.endpoint, given,
+                                              args.allow_host, args.allow_origin),
               args.expect_manifest_sha256)
         return 0
     if args.step == "verify" and args.bundle:
