@@ -120,19 +120,23 @@ async def _client(url: str, pcm: np.ndarray, seed: int, stop_after: int | None =
 
         reader = asyncio.create_task(read())
         pos = 0
-        while pos < len(pcm):
-            n = int(rng.integers(200, 4000))
-            await ws.send_bytes(pcm[pos:pos + n].tobytes())
-            pos += n
-            await asyncio.sleep(float(rng.uniform(0, 0.004)))
-            if endpoint_at is not None and pos >= endpoint_at:
-                await ws.send_str(json.dumps({"type": "endpoint"}))
-                endpoint_at = None
-            if stop_after is not None and pos >= stop_after:
-                await ws.close()  # leave mid-stream, without "end"
-                reader.cancel()
-                return got
-        await ws.send_str(json.dumps({"type": "end"}))
+        try:
+            while pos < len(pcm) and not reader.done():  # (the server may close the stream with an error)
+                n = int(rng.integers(200, 4000))
+                await ws.send_bytes(pcm[pos:pos + n].tobytes())
+                pos += n
+                await asyncio.sleep(float(rng.uniform(0, 0.004)))
+                if endpoint_at is not None and pos >= endpoint_at:
+                    await ws.send_str(json.dumps({"type": "endpoint"}))
+                    endpoint_at = None
+                if stop_after is not None and pos >= stop_after:
+                    await ws.close()  # leave mid-stream, without "end"
+                    reader.cancel()
+                    return got
+            if not reader.done():
+                await ws.send_str(json.dumps({"type": "end"}))
+        except ConnectionError:  # the server closed the stream (an error message says why)
+            pass
         await asyncio.wait_for(reader, 120)
     return got
 
@@ -272,6 +276,50 @@ def test_clients_that_send_end_and_reset_leave_nothing_behind(bundle, utterances
         running.stop()
     captured = capfd.readouterr()
     assert "Traceback" not in captured.out + captured.err and "never retrieved" not in captured.out + captured.err
+
+
+def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utterances, capfd):
+    """An exception in one batched step: the streams in that batch get an `internal` error and are closed, the
+    server keeps serving (the next client gets exactly the runner's tokens), /healthz stays 200; a compute loop that
+    dies makes /healthz 503."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=8))
+    live = running.server.live
+    real, calls = live._step_group, []
+
+    def broken_once(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected")
+        return real(*args)
+
+    live._step_group = broken_once
+    try:
+        results = _run_clients(running.url, [pcm for _, pcm, _ in utterances[:3]])
+        failed = [r for r in results if r["errors"]]
+        assert failed and all(r["errors"][0]["code"] == "internal" and r["final"] is None for r in failed)
+        for (_, _, tokens), r in zip(utterances[:3], results):
+            assert r["errors"] or r["final"]["tokens"] == tokens
+        assert _run_clients(running.url, [utterances[3][1]])[0]["final"]["tokens"] == utterances[3][2]
+        assert json.loads(urllib.request.urlopen(running.url + "/healthz").read())["status"] == "ok"
+        live.step = lambda: 1 / 0  # the loop itself dies
+        live.open("poke")  # wakes it
+        deadline = time.monotonic() + 10
+        while running.server.fatal is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(urllib.error.HTTPError) as down:
+            urllib.request.urlopen(running.url + "/healthz")
+        assert down.value.code == 503 and "ZeroDivisionError" in down.value.read().decode()
+    finally:
+        running.stop()
+    log = capfd.readouterr().out
+    assert "RuntimeError: injected" in log and "Traceback" not in log
 
 
 def _one_message(url: str, send) -> tuple[dict, int | None]:

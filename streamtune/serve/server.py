@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -47,6 +49,7 @@ from streamtune.errors import UserError
 
 PAGE = Path(__file__).with_name("page.html")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEALTHY_WITHIN_S = 10.0  # /healthz: the compute loop turned within this long (a step of a full batch included)
 MAX_TEXT_BYTES = 1024  # control messages are small JSON objects
 
 
@@ -123,16 +126,29 @@ class StreamServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.beat = time.monotonic()  # the compute loop's last turn (/healthz)
+        self.fatal: str | None = None  # why the compute loop stopped, if it did
+        self.on_fatal = None  # called (from the compute thread) when it stops; serve() ends the process
 
     # ----- compute thread --------------------------------------------------------------------
     def _compute(self) -> None:
-        while not self._stop.is_set():
-            updates = self.live.step()
-            if updates:
-                self.steps += 1
-                self.loop.call_soon_threadsafe(self._deliver, updates)
-            else:
-                self.live.wait(0.05)
+        """The compute loop. A failing batch fails its own streams inside ``LiveStreams.step``; anything else is
+        fatal: the process stops (exit status 1, for a supervisor to restart it) instead of answering HTTP while
+        nothing decodes."""
+        try:
+            while not self._stop.is_set():
+                self.beat = time.monotonic()
+                updates = self.live.step()
+                if updates:
+                    self.steps += 1
+                    self.loop.call_soon_threadsafe(self._deliver, updates)
+                else:
+                    self.live.wait(0.05)
+        except Exception as err:  # noqa: BLE001 - reported, then the whole server stops
+            self.fatal = f"{type(err).__name__}: {err}"
+            self._log(f"fatal: the compute loop stopped: {self.fatal}; shutting down")
+            if self.on_fatal is not None:
+                self.on_fatal()
 
     def _deliver(self, updates) -> None:
         for update in updates:
@@ -148,6 +164,7 @@ class StreamServer:
         app.router.add_get("/", self._page)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/info", self._info)
+        app.router.add_get("/healthz", self._healthz)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -200,6 +217,17 @@ class StreamServer:
 
         return web.Response(text=PAGE.read_text(), content_type="text/html")
 
+    async def _healthz(self, request):
+        """200 while the compute loop is alive and turning (it turns at least every 50 ms when idle), else 503."""
+        from aiohttp import web
+
+        alive = self._thread is not None and self._thread.is_alive() and self.fatal is None
+        stalled = time.monotonic() - self.beat
+        if alive and stalled < HEALTHY_WITHIN_S:
+            return web.json_response({"status": "ok", "steps": self.steps})
+        return web.json_response({"status": "down", "fatal": self.fatal, "last_turn_s_ago": round(stalled, 1)},
+                                 status=503)
+
     async def _info(self, request):
         from aiohttp import web
 
@@ -228,6 +256,11 @@ class StreamServer:
             message = {"type": "final" if update.final else "partial", "segment": update.segment,
                        "text": update.text, "tokens": update.tokens, "audio_s": round(update.audio_s, 4),
                        "words": [[w, round(a, 4), round(b, 4)] for w, a, b in update.words]}
+            if update.error is not None:
+                self._log(f"stream {update.stream} failed in a decoding step: {update.error}")
+                await self._error(ws, "internal", "decoding this stream failed on the server; the stream is closed "
+                                  "(other streams go on): try again", close_code=1011)
+                return
             if update.final:
                 message.update(start_s=update.start_s, end_s=update.end_s, reason=update.reason, last=update.last)
             await ws.send_json(message)
@@ -344,4 +377,7 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)
+    server.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful shutdown, then exit 1
     web.run_app(server.app(), host=options.host, port=options.port, print=None)
+    if server.fatal is not None:
+        raise SystemExit(1)

@@ -52,6 +52,7 @@ class Update:
     start_s: float = 0.0  # finals: where the segment started and ended (audio seconds), and why it ended
     end_s: float | None = None
     reason: str | None = None
+    error: str | None = None  # the step that served the stream failed: the stream is closed, with this message
 
 
 @dataclass
@@ -192,8 +193,16 @@ class LiveStreams:
             return None
         return max(s.audio_start, (have - self.margin_frames) * self.hop, 0), have, last
 
+    def _fail(self, streams: list[_Stream], err: Exception) -> list[Update]:
+        """Close ``streams`` after a failed step: each gets a last update carrying the error."""
+        message = f"{type(err).__name__}: {err}"[:300]
+        for s in streams:
+            self.streams.pop(s.id, None)
+        return [Update(s.id, [], "", [], s.start * self.hop / self.sample_rate, True, s.turns.index, last=True,
+                       reason="error", error=message) for s in streams]
+
     @torch.no_grad()
-    def _extend_features(self, streams: list[_Stream]) -> None:
+    def _extend_features(self, streams: list[_Stream]) -> list[Update]:
         """Compute every frame that is final given the audio received so far (all of them once a stream ended),
         one preprocessor call per group of streams with similar segment lengths.
 
@@ -207,16 +216,25 @@ class LiveStreams:
             if not groups or length > 2 * groups[-1][0][2]:
                 groups.append([])
             groups[-1].append((s, plan, length))
+        failed = []
         for group in groups:
-            longest = max(length for _, _, length in group)
-            signal = torch.zeros(len(group), longest, device=self.device, dtype=self.dtype)
-            for k, (s, (seg_start, _, _), length) in enumerate(group):
-                signal[k, :length] = torch.as_tensor(s.audio[seg_start - s.audio_start:], device=self.device)
-            lengths = torch.tensor([length for _, _, length in group], device=self.device)
-            feats, _ = self.model.preprocessor(input_signal=signal, length=lengths)
-            for k, (s, (seg_start, have, last), _) in enumerate(group):
-                first = seg_start // self.hop  # the global frame of the segment's frame 0
-                self._add_features(s, feats[k, :, have - first: last - first], last)
+            try:
+                self._featurise(group)
+            except Exception as err:  # the group's streams fail, the others go on
+                failed += self._fail([s for s, _, _ in group], err)
+        return failed
+
+    def _featurise(self, group: list) -> None:
+        """One preprocessor call over a group of streams' segments (see :meth:`_extend_features`)."""
+        longest = max(length for _, _, length in group)
+        signal = torch.zeros(len(group), longest, device=self.device, dtype=self.dtype)
+        for k, (s, (seg_start, _, _), length) in enumerate(group):
+            signal[k, :length] = torch.as_tensor(s.audio[seg_start - s.audio_start:], device=self.device)
+        lengths = torch.tensor([length for _, _, length in group], device=self.device)
+        feats, _ = self.model.preprocessor(input_signal=signal, length=lengths)
+        for k, (s, (seg_start, have, last), _) in enumerate(group):
+            first = seg_start // self.hop  # the global frame of the segment's frame 0
+            self._add_features(s, feats[k, :, have - first: last - first], last)
 
     def _add_features(self, s: _Stream, new: torch.Tensor, last: int) -> None:
         s.feats = new.clone() if s.feats is None else torch.cat([s.feats, new], dim=1)
@@ -249,7 +267,7 @@ class LiveStreams:
         self._take_inbox()
         groups: dict[tuple[int, int, bool], list[tuple[_Stream, int, int]]] = {}
         finished = []
-        self._extend_features(list(self.streams.values()))
+        failed = self._extend_features(list(self.streams.values()))
         for s in self.streams.values():
             w = self._window(s)
             if w is not None:
@@ -257,17 +275,23 @@ class LiveStreams:
                 groups.setdefault((end - window_start, drop, s.step == 0), []).append((s, window_start, end))
             elif s.ended and s.start >= s.frames_total:
                 finished.append(s)
-        updates = []
+        updates = failed
         with att_context(self.model, self.mode) as enc:
             for (_, drop, first), members in groups.items():
                 for k in range(0, len(members), self.max_batch):
-                    updates += self._step_group(enc, members[k:k + self.max_batch], drop, first)
+                    batch = [m for m in members[k:k + self.max_batch] if m[0].id in self.streams]
+                    try:
+                        updates += self._step_group(enc, batch, drop, first) if batch else []
+                    except Exception as err:  # one failed batch fails its own streams, not the server
+                        updates += self._fail([s for s, _, _ in batch], err)
         hop_s = self.hop / self.sample_rate
         for s in list(self.streams.values()):
             if s.cut and s not in finished:
                 s.cut = False
                 updates.append(self._close(s, s.turns.close(s.start * hop_s, "forced"), s.start * hop_s))
         for s in finished:
+            if s.id not in self.streams:
+                continue
             # The segment ends where the runner's does (the last frame); the result covers every sample received.
             updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, "end"), s.received / self.sample_rate,
                                        last=True))
