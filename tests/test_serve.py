@@ -322,6 +322,70 @@ def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utter
     assert "RuntimeError: injected" in log and "Traceback" not in log
 
 
+def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, utterances):
+    """`python -m export serve` as a user runs it, two clients streaming without pause: SIGTERM closes both with a
+    `shutting_down` error and the process exits 0 within 5 s, without a traceback."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import aiohttp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "export", "serve", "--bundle", str(bundle), "--port", str(port),
+                             "--max-streams", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("serving "):
+                break
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # "serving" is said just before the socket listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        pcm = np.concatenate([utterances[0][1]] * 50)
+
+        async def stream(session, results):
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                await ws.receive_json()
+                try:
+                    for k in range(0, len(pcm), 1600):
+                        await ws.send_bytes(pcm[k:k + 1600].tobytes())
+                        await asyncio.sleep(0.01)
+                except ConnectionError:
+                    pass
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data["type"] == "error":
+                        results.append(data["code"])
+
+        async def main():
+            results = []
+            async with aiohttp.ClientSession() as session:
+                clients = [asyncio.create_task(stream(session, results)) for _ in range(2)]
+                await asyncio.sleep(2.0)
+                began = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(asyncio.gather(*clients), 30)
+            return results, began
+
+        results, began = asyncio.run(main())
+        rest = proc.communicate(timeout=30)[0]
+        took = time.monotonic() - began
+    finally:
+        proc.kill()
+    assert results == ["shutting_down"] * 2
+    assert proc.returncode == 0 and took <= 5.0, (proc.returncode, took)
+    assert "Traceback" not in rest and "stopped" in rest, rest[-2000:]
+
+
 def _one_message(url: str, send) -> tuple[dict, int | None]:
     """Connect, let ``send(ws)`` misbehave, return (the error message, the close code)."""
     import aiohttp

@@ -49,6 +49,7 @@ from streamtune.errors import UserError
 
 PAGE = Path(__file__).with_name("page.html")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_S = 5.0  # SIGTERM to exit, at most (the compute thread is a daemon: a long step does not hold it up)
 HEALTHY_WITHIN_S = 10.0  # /healthz: the compute loop turned within this long (a step of a full batch included)
 MAX_TEXT_BYTES = 1024  # control messages are small JSON objects
 
@@ -122,6 +123,7 @@ class StreamServer:
         self.allow_hosts = None if allow_hosts is None else {h.lower().strip("[]") for h in (*LOOPBACK, *allow_hosts)}
         self.allow_origins = {o.rstrip("/").lower() for o in allow_origins}
         self.clients: dict[str, asyncio.Queue] = {}
+        self.sockets: dict[str, object] = {}  # the open WebSockets, closed with a word at shutdown
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +168,7 @@ class StreamServer:
         app.router.add_get("/info", self._info)
         app.router.add_get("/healthz", self._healthz)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
@@ -174,10 +177,19 @@ class StreamServer:
         self._thread = threading.Thread(target=self._compute, name="streamtune-compute", daemon=True)
         self._thread.start()
 
+    async def _on_shutdown(self, app) -> None:
+        """SIGTERM / SIGINT: no new streams (the listening socket is closed first); every open stream is told and
+        closed, and nothing more is computed (queued audio is discarded)."""
+        self._stop.set()
+        for sid, ws in list(self.sockets.items()):
+            self.live.drop(sid)
+            await self._error(ws, "shutting_down", "the server is shutting down; reconnect to another one",
+                              close_code=1001)
+
     async def _on_cleanup(self, app) -> None:
-        self._stop.set()  # the compute thread sees it within its 50 ms wait
+        self._stop.set()  # the compute thread sees it after its step (within its 50 ms wait when idle)
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, SHUTDOWN_S / 2)
 
     def refusal(self, request) -> str | None:
         """Why a request may not be served (its Host or its Origin), or None."""
@@ -280,6 +292,7 @@ class StreamServer:
         sid = uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         self.clients[sid] = queue
+        self.sockets[sid] = ws
         self.live.open(sid)
         await ws.send_json({"type": "ready", "sample_rate": self.live.sample_rate, "format": "pcm_s16le",
                             "chunk_ms": self.mode.chunk_ms, "stream": sid})
@@ -328,6 +341,7 @@ class StreamServer:
             if not delivered:
                 self.live.drop(sid)  # left before its last final (even after `end`): stop computing for it
             self.clients.pop(sid, None)
+            self.sockets.pop(sid, None)
         return ws
 
     async def _until_final(self, ws, sender: asyncio.Task) -> None:
@@ -378,6 +392,7 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)
     server.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful shutdown, then exit 1
-    web.run_app(server.app(), host=options.host, port=options.port, print=None)
+    web.run_app(server.app(), host=options.host, port=options.port, print=None, shutdown_timeout=SHUTDOWN_S / 2)
+    print("stopped", flush=True)
     if server.fatal is not None:
         raise SystemExit(1)
