@@ -322,6 +322,56 @@ def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utter
     assert "RuntimeError: injected" in log and "Traceback" not in log
 
 
+def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
+    """One client sends ten minutes of audio as fast as it can: the server stops reading its socket once it is
+    `max_backlog_s` ahead of decoding, so the audio it holds for the stream (queued and not yet featurised) stays
+    within that bound plus one message and a chunk, the client's sends block, and a second client is served
+    meanwhile."""
+    import threading
+    import time
+
+    import aiohttp
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=4, max_backlog_s=2.0))
+    live, rate = running.server.live, 16000
+    pcm = np.concatenate([utterances[0][1]] * (600 * rate // len(utterances[0][1])))
+    held, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            queued = sum(len(x[2]) for x in list(live._inbox) if x[2] is not None)
+            buffered = sum(len(s.audio) for s in list(live.streams.values()))
+            held[0] = max(held[0], queued + buffered)
+            time.sleep(0.01)
+
+    async def flood():
+        sent = 0
+        async with aiohttp.ClientSession() as session, session.ws_connect(running.url + "/ws") as ws:
+            await ws.receive_json()
+            began = time.monotonic()
+            while sent < len(pcm) and time.monotonic() - began < 4.0:
+                await ws.send_bytes(pcm[sent:sent + 3200].tobytes())  # 0.2 s per message
+                sent += 3200
+        return sent
+
+    async def main():
+        return await asyncio.gather(flood(), _client(running.url, utterances[1][1], seed=1))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        sent, other = asyncio.run(main())
+    finally:
+        done.set()
+        running.stop()
+    assert sent < len(pcm), "ten minutes of audio went out in 4 s: nothing held the client back"
+    assert held[0] <= (2.0 + 0.2 + mode.chunk_ms / 1000 + 0.5) * rate, held[0] / rate
+    assert other["final"]["tokens"] == utterances[1][2]
+
+
 def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, utterances):
     """`python -m export serve` as a user runs it, two clients streaming without pause: SIGTERM closes both with a
     `shutting_down` error and the process exits 0 within 5 s, without a traceback."""

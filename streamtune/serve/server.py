@@ -75,6 +75,7 @@ class ServeOptions:
     idle_s: float = 30.0
     max_message_kib: int = 256
     device: str = "cpu"
+    max_backlog_s: float = 5.0  # audio a stream may have sent ahead of decoding before the server stops reading it
     # Endpointing (streamtune.streaming.endpoint): "auto" (<EOU> when the model has it, else the rules), "rules",
     # "eou" or "none", with the EndpointRules fields given here replacing the method's defaults.
     endpoint: str = "auto"
@@ -110,7 +111,7 @@ class StreamServer:
 
     def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
                  device: str = "cpu", endpoint=None, allow_hosts: tuple[str, ...] | None = (),
-                 allow_origins: tuple[str, ...] = ()):
+                 allow_origins: tuple[str, ...] = (), max_backlog_s: float = 5.0):
         from streamtune.streaming.live import LiveStreams
 
         # endpoint: streamtune.streaming.endpoint.EndpointRules (None: one segment per stream, ended by `end`).
@@ -123,6 +124,12 @@ class StreamServer:
         self.allow_hosts = None if allow_hosts is None else {h.lower().strip("[]") for h in (*LOOPBACK, *allow_hosts)}
         self.allow_origins = {o.rstrip("/").lower() for o in allow_origins}
         self.clients: dict[str, asyncio.Queue] = {}
+        # Backpressure: per stream, the samples its results cover so far, and an event set when that grows.
+        # At least two chunks and a little more: a stream needs a whole chunk (and the STFT's reach) to step.
+        rate = self.live.sample_rate
+        self.max_backlog = max(int(max_backlog_s * rate), int(2 * mode.chunk_ms / 1000 * rate) + rate // 10)
+        self.covered: dict[str, int] = {}
+        self.progressed: dict[str, asyncio.Event] = {}
         self.sockets: dict[str, object] = {}  # the open WebSockets, closed with a word at shutdown
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -157,6 +164,16 @@ class StreamServer:
             queue = self.clients.get(update.stream)
             if queue is not None:
                 queue.put_nowait(update)
+                self.covered[update.stream] = int(update.audio_s * self.live.sample_rate)
+                self.progressed[update.stream].set()
+
+    async def _backpressure(self, sid: str, fed: int) -> None:
+        """Wait while the stream has sent more than ``max_backlog`` samples ahead of what is decoded: the socket is
+        not read meanwhile, so the client's sends block (TCP flow control) instead of the server's memory growing."""
+        while fed - self.covered.get(sid, 0) > self.max_backlog:
+            event = self.progressed[sid]
+            event.clear()
+            await event.wait()
 
     # ----- HTTP ------------------------------------------------------------------------------
     def app(self):
@@ -293,6 +310,8 @@ class StreamServer:
         queue: asyncio.Queue = asyncio.Queue()
         self.clients[sid] = queue
         self.sockets[sid] = ws
+        self.progressed[sid] = asyncio.Event()
+        fed = 0
         self.live.open(sid)
         await ws.send_json({"type": "ready", "sample_rate": self.live.sample_rate, "format": "pcm_s16le",
                             "chunk_ms": self.mode.chunk_ms, "stream": sid})
@@ -300,6 +319,7 @@ class StreamServer:
         ended = False
         try:
             while not ended:
+                await self._backpressure(sid, fed)
                 try:
                     msg = await asyncio.wait_for(ws.receive(), timeout=self.idle_s)
                 except asyncio.TimeoutError:
@@ -317,6 +337,7 @@ class StreamServer:
                                           "little-endian PCM, an even number of bytes per message", close_code=1003)
                         break
                     self.live.feed(sid, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+                    fed += len(data) // 2
                 elif msg.type == WSMsgType.TEXT:
                     kind = control_message(msg.data)
                     if kind == "endpoint":
@@ -340,8 +361,8 @@ class StreamServer:
                 sender.cancel()
             if not delivered:
                 self.live.drop(sid)  # left before its last final (even after `end`): stop computing for it
-            self.clients.pop(sid, None)
-            self.sockets.pop(sid, None)
+            for table in (self.clients, self.sockets, self.covered, self.progressed):
+                table.pop(sid, None)
         return ws
 
     async def _until_final(self, ws, sender: asyncio.Task) -> None:
@@ -387,7 +408,7 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     hosts = None if wildcard and not options.allow_hosts else (*([] if wildcard else [options.host]),
                                                                 *options.allow_hosts)
     server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device,
-                          endpoint, hosts, tuple(options.allow_origins))
+                          endpoint, hosts, tuple(options.allow_origins), options.max_backlog_s)
     print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="streams served at once; more are refused (default: a capacity probe at start-up)")
     serving.add_argument("--idle-s", type=float, default=30.0, help="close a stream silent for this long")
     serving.add_argument("--max-message-kib", type=int, default=256, help="largest audio message accepted")
+    serving.add_argument("--max-backlog-s", type=float, default=5.0,
+                         help="audio a client may send ahead of decoding; beyond it the server stops reading its "
+                         "socket until decoding catches up (its sends block)")
     serving.add_argument("--device", default="cpu", help="cpu or cuda")
     serving.add_argument("--endpoint", choices=["auto", "none", "rules", "eou"], default="auto",
                          help="how a session is cut into turns (default: eou when the model has the <EOU> token, "
@@ -154,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         given = {key: (value or None) if key != "max_segment_s" else value for key, value in (
             ("trailing_silence_s", args.trailing_silence_s), ("leading_silence_s", args.leading_silence_s),
             ("max_segment_s", args.max_segment_s)) if value is not None}
+        if not args.max_backlog_s > 0:
+            raise UserError(f"--max-backlog-s {args.max_backlog_s}: a number of seconds above 0")
         serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
-                                              args.max_message_kib, args.device, args.endpoint, given,
-                                              args.allow_host, args.allow_origin),
+                                              args.max_message_kib, args.device, args.max_backlog_s, args.endpoint,
+                                              given, args.allow_host, args.allow_origin),
               args.expect_manifest_sha256)
         return 0
     if args.step == "verify" and args.bundle:
