@@ -167,13 +167,16 @@ class StreamServer:
                 self.covered[update.stream] = int(update.audio_s * self.live.sample_rate)
                 self.progressed[update.stream].set()
 
-    async def _backpressure(self, sid: str, fed: int) -> None:
+    async def _backpressure(self, sid: str, fed: int, sender: asyncio.Task) -> None:
         """Wait while the stream has sent more than ``max_backlog`` samples ahead of what is decoded: the socket is
-        not read meanwhile, so the client's sends block (TCP flow control) instead of the server's memory growing."""
-        while fed - self.covered.get(sid, 0) > self.max_backlog:
+        not read meanwhile, so the client's sends block (TCP flow control) instead of the server's memory growing.
+        Ends too when the stream's sender has (its last result or an error sent, or the client gone)."""
+        while fed - self.covered.get(sid, 0) > self.max_backlog and not sender.done():
             event = self.progressed[sid]
             event.clear()
-            await event.wait()
+            waiter = asyncio.ensure_future(event.wait())
+            await asyncio.wait({waiter, sender}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
 
     # ----- HTTP ------------------------------------------------------------------------------
     def app(self):
@@ -319,7 +322,7 @@ class StreamServer:
         ended = False
         try:
             while not ended:
-                await self._backpressure(sid, fed)
+                await self._backpressure(sid, fed, sender)
                 try:
                     msg = await asyncio.wait_for(ws.receive(), timeout=self.idle_s)
                 except asyncio.TimeoutError:
@@ -356,7 +359,8 @@ class StreamServer:
             if ended:
                 await self._until_final(ws, sender)
         finally:
-            delivered = sender.done() and not sender.cancelled() and sender.result()
+            delivered = (sender.done() and not sender.cancelled() and sender.exception() is None
+                         and sender.result())
             if not sender.done():
                 sender.cancel()
             if not delivered:
