@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo       generate speech, train, evaluate and export (ONNX, bundle) the tiny demo model (BENCHMARKS.md, Demo)"
 	@echo "make test       the fast tier of the test suite (every module and entry point on tiny real models)"
-	@echo "make test-e2e   the second tier: kills and resumes, DDP, a fresh venv, the browser, int8, long speech"
+	@echo "make test-e2e   the second tier: kills and resumes, DDP, a fresh venv, the browser, int8, long speech, floods"
 	@echo "make lint       ruff and the import contract (lint-imports), both configured in pyproject.toml"
 	@echo "make gpu-wheels what a GPU run of bench/gpu/run.sh carries (.whl/, .gpukit/)"
 	@echo "make setup      system packages (espeak-ng, sox, libsndfile1, chromium) + .venv with pinned versions"

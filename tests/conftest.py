@@ -3,7 +3,8 @@
 Everything is real (espeak-ng speech, NeMo, Lhotse, Lightning, W&B offline, ONNX Runtime, sherpa-onnx); the models
 are the demo recipe shrunk so that the suite trains them in seconds on 2 CPU cores. Tiers: `make test` runs every
 test not marked ``e2e`` (the fast tier); `make test-e2e` runs the ``e2e`` ones (kills and resumes, DDP, a fresh
-venv, the browser, int8 variants, long utterances); ``slow`` tests run only with ``--run-slow``.
+venv, the browser, int8 variants, long utterances, a flooding client and SIGTERM to a server); ``slow`` tests run
+only with ``--run-slow``.
 STREAMTUNE_TEST_SEED and STREAMTUNE_TEST_THREADS (tests/helpers.py) move every corpus, run and thread count.
 """
 

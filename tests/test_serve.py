@@ -324,6 +324,7 @@ def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utter
     assert "RuntimeError: injected" in log and "Traceback" not in log
 
 
+@pytest.mark.e2e
 def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
     """One client sends half an hour of audio as fast as it can: the server stops reading its socket once it is
     `max_backlog_s` ahead of decoding, so the audio it holds for the stream (queued and not yet featurised) stays
@@ -383,6 +384,7 @@ def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
     assert other["final"]["tokens"] == utterances[1][2]
 
 
+@pytest.mark.e2e
 def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, utterances):
     """`python -m export serve` as a user runs it, two clients streaming without pause: SIGTERM closes both with a
     `shutting_down` error and the process exits 0 within 5 s, without a traceback."""

@@ -345,6 +345,7 @@ def test_the_eou_recipe_trains_a_model_that_has_the_token(finetune, base_nemo, c
     assert eou_id(model.tokenizer) == 96 and model.decoder.blank_idx == 97
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, needle", [
     (["--endpoint", "eou"], "has no '<EOU>' piece"),
     (["--trailing-silence-s", "30"], "is not below endpoint.max_segment_s 20 s"),
