@@ -297,6 +297,9 @@ def test_an_appended_token_changes_nothing_before_training(words_run, words_over
                       for mode in chunk_modes(model) for decode in ("streaming", "offline")]
     assert runs["extended"] == runs["base"]
     assert any(t for tokens, _, _ in runs["base"] for t in tokens), "the base model writes something"
+    some = next(t for tokens, _, _ in runs["base"] for t in tokens if t)
+    runner = StreamingRunner(extended)
+    assert runner.texts([some + [vocab]]) == runner.texts([some]), "<EOU> is not text"
     tokens_txt = write_tokens(extended, tmp_path / "tokens.txt").read_text().splitlines()
     assert tokens_txt[vocab] == f"<EOU> {vocab}" and tokens_txt[vocab + 1] == f"<blk> {vocab + 1}"
 

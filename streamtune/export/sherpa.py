@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtune.export.onnx_export import read_metadata
+from streamtune.streaming.endpoint import EOU
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -83,5 +84,8 @@ def sherpa_decode(mode_dir: Path, audios: list[np.ndarray], threads: int = 1, pa
         stream.input_finished()
         while rec.is_ready(stream):
             rec.decode_stream(stream)
-        texts.append(rec.get_result(stream).strip())
+        text = rec.get_result(stream).strip()
+        if EOU in text:  # a turn-taking model's end-of-turn token is not text (nor in our decoders' texts)
+            text = " ".join(text.replace(EOU, " ").split())
+        texts.append(text)
     return texts, {"left_samples": left, "tail_samples": tail, "sample_rate": SAMPLE_RATE}

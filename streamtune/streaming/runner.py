@@ -45,7 +45,7 @@ from streamtune.streaming.chunking import (
     record_emissions,
     sample_rate,
 )
-from streamtune.streaming.endpoint import Turns
+from streamtune.streaming.endpoint import Turns, eou_id
 
 FEEDINGS = ("exact", "export")
 
@@ -164,7 +164,9 @@ class StreamingRunner:
             yield list(range(start, min(n, start + self.batch_size)))
 
     def texts(self, tokens: list[list[int]]) -> list[str]:
-        """Token ids -> text, per utterance."""
+        """Token ids -> text, per utterance; a model's end-of-turn token (``<EOU>``) is not text."""
+        eou = eou_id(self.model.tokenizer)
+        tokens = [[t for t in toks if t != eou] for toks in tokens] if eou is not None else tokens
         return [self.model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
 
     @staticmethod
