@@ -200,7 +200,6 @@ class Turns:
                 return self.close(at_s, "max_length")
         elif (leading is not None and length >= leading) or length >= longest:
             self.start_frame = frames_now  # nothing was said: no turn, the segment starts again
-            self.saw_eou = False
             return None
         return None
 

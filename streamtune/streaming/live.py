@@ -279,9 +279,9 @@ class LiveStreams:
         with att_context(self.model, self.mode) as enc:
             for (_, drop, first), members in groups.items():
                 for k in range(0, len(members), self.max_batch):
-                    batch = [m for m in members[k:k + self.max_batch] if m[0].id in self.streams]
+                    batch = members[k:k + self.max_batch]
                     try:
-                        updates += self._step_group(enc, batch, drop, first) if batch else []
+                        updates += self._step_group(enc, batch, drop, first)
                     except Exception as err:  # one failed batch fails its own streams, not the server
                         updates += self._fail([s for s, _, _ in batch], err)
         hop_s = self.hop / self.sample_rate
@@ -290,8 +290,6 @@ class LiveStreams:
                 s.cut = False
                 updates.append(self._close(s, s.turns.close(s.start * hop_s, "forced"), s.start * hop_s))
         for s in finished:
-            if s.id not in self.streams:
-                continue
             # The segment ends where the runner's does (the last frame); the result covers every sample received.
             updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, "end"), s.received / self.sample_rate,
                                        last=True))

@@ -119,6 +119,7 @@ class StreamingRunner:
             apply_decoding(model, decoding)
         # Whether the search continues its hypotheses chunk by chunk (greedy) or runs once at the end (beam).
         self.carries = str(model.cfg.decoding.get("strategy", "greedy_batch")).startswith("greedy")
+        self.eou = eou_id(model.tokenizer)  # a turn-taking model's end-of-turn token: never part of a text
 
     # ----- features -------------------------------------------------------------------------
     @torch.no_grad()
@@ -165,8 +166,8 @@ class StreamingRunner:
 
     def texts(self, tokens: list[list[int]]) -> list[str]:
         """Token ids -> text, per utterance; a model's end-of-turn token (``<EOU>``) is not text."""
-        eou = eou_id(self.model.tokenizer)
-        tokens = [[t for t in toks if t != eou] for toks in tokens] if eou is not None else tokens
+        if self.eou is not None:
+            tokens = [[t for t in toks if t != self.eou] for toks in tokens]
         return [self.model.tokenizer.ids_to_text(t) if t else "" for t in tokens]
 
     @staticmethod
