@@ -345,6 +345,146 @@ def test_pickled_checkpoints_are_refused_not_run(tiny_overrides, tmp_path, capsy
     assert not marker.exists()
 
 
+# A function NeMo 3.0's own `_target_` allow-list admits (everything callable under nemo.collections.asr.parts), and
+# one that writes files.
+FOREIGN = "nemo.collections.asr.parts.utils.manifest_utils.write_manifest"
+
+
+def _repacked(src: Path, dst: Path, encoder_target: str | None = None) -> Path:
+    """``src`` (a .nemo) written again as another tar (other bytes), its encoder's ``_target_`` replaced if given."""
+    import io
+
+    import yaml
+
+    with tarfile.open(src, "r:*") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    with tarfile.open(dst, "w") as out:
+        for member, data in members:
+            if encoder_target and member.name.endswith("model_config.yaml"):
+                config = yaml.safe_load(data)
+                config["encoder"]["_target_"] = encoder_target
+                data = yaml.safe_dump(config).encode()
+            member.size = len(data) if data is not None else 0
+            member.mtime += 1
+            out.addfile(member, io.BytesIO(data) if data is not None else None)
+    return dst
+
+
+def _rehashed(bundle: Path, rel: str) -> None:
+    import hashlib
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / rel).read_bytes()
+    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _verify_failed(stderr: str, *needles: str) -> None:
+    """`export verify`'s failure: one FAIL line holding every needle, no traceback."""
+    fails = [line for line in stderr.splitlines() if line.startswith("FAIL: ")]
+    assert "Traceback" not in stderr and len(fails) == 1 and all(n in fails[0] for n in needles), stderr[-2000:]
+
+
+@pytest.fixture
+def restores(monkeypatch) -> list[str]:
+    """Every path NeMo is asked to restore from (through the real restore)."""
+    from nemo.collections.asr.models import ASRModel
+
+    calls, real = [], ASRModel.restore_from.__func__
+
+    def spy(cls, restore_path, *args, **kwargs):
+        calls.append(str(restore_path))
+        return real(cls, restore_path, *args, **kwargs)
+
+    monkeypatch.setattr(ASRModel, "restore_from", classmethod(spy))
+    return calls
+
+
+def test_archives_naming_classes_outside_the_allow_list_are_refused_before_any_restore(
+        bundle, tiny_overrides, tmp_path, capsys, restores):
+    """A .nemo whose config names a foreign `_target_`, as a model to evaluate or serve, in a bundle (hashes
+    rewritten to match) and as a start point; a .ckpt start point whose config does: one clear error naming the key
+    and the name, and NeMo is never asked to restore it."""
+    import torch
+
+    from streamtune.errors import UserError
+    from streamtune.model.build import load_model
+    from streamtune.stages import train
+    from streamtune.stages.export.__main__ import main as export_main
+
+    foreign = _repacked(bundle / "model.nemo", tmp_path / "foreign.nemo", FOREIGN)
+    with pytest.raises(UserError, match=f"names encoder._target_: '{FOREIGN}', which is not one of the classes"):
+        load_model(foreign)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    shutil.copy(foreign, copy / "model.nemo")
+    _rehashed(copy, "model.nemo")
+    assert export_main(["verify", "--bundle", str(copy)]) == 1
+    _verify_failed(capsys.readouterr().err, "model.nemo: does not load", f"encoder._target_: '{FOREIGN}'")
+    code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, f"model.init_from={foreign}",
+                       f"run.output_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys.readouterr().err, f"encoder._target_: '{FOREIGN}'")
+    ckpt = tmp_path / "start.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": {"target": "builtins.exec", "encoder": {}}}}, ckpt)
+    code = train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, f"model.init_from={ckpt}",
+                       f"run.output_dir={tmp_path / 'runs'}"])
+    one_line_error(code, capsys.readouterr().err, "names target: 'builtins.exec'")
+    assert restores == [] and not (tmp_path / "runs").exists()
+    # The same archive with its own encoder class restores (the check refuses names, not repacked archives).
+    assert load_model(_repacked(bundle / "model.nemo", tmp_path / "own.nemo")) is not None and len(restores) == 1
+
+
+def test_a_bundle_file_swapped_after_verify_is_never_loaded(bundle, tmp_path, monkeypatch, restores):
+    """serve verifies a bundle, then streams with the model verify decoded the sample with: model.nemo is read
+    once, hashed as read and checked against the manifest, and NeMo restores that private copy. A model.nemo
+    replaced by another valid archive between the file check and the load is refused, never restored."""
+    from streamtune.errors import UserError
+    from streamtune.export import verify
+    from streamtune.serve.server import load_bundle_model
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    real = verify.check_files
+
+    def then_swap(*args, **kwargs):
+        manifest = real(*args, **kwargs)
+        _repacked(bundle / "model.nemo", copy / "model.nemo")  # a valid archive of other bytes
+        return manifest
+
+    monkeypatch.setattr(verify, "check_files", then_swap)
+    with pytest.raises(UserError, match="model.nemo: does not load .*not the .* it was verified with"):
+        load_bundle_model(copy, None, "cpu")
+    assert restores == []
+    monkeypatch.setattr(verify, "check_files", real)
+    shutil.copy(bundle / "model.nemo", copy / "model.nemo")
+    model, mode = load_bundle_model(copy, None, "cpu")
+    assert len(restores) == 1 and not restores[0].startswith(str(copy)), "NeMo restores the private copy"
+
+
+def test_pipes_and_devices_in_a_bundle_are_refused_not_read(bundle, tmp_path, capsys):
+    """A FIFO in place of a bundle file would block any reader forever: verify names it without opening it, and
+    a model path that is a FIFO is refused the same way."""
+    import threading
+
+    from streamtune.errors import UserError
+    from streamtune.model.build import load_model
+    from streamtune.stages.export.__main__ import main as export_main
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "tokens.txt").unlink()
+    os.mkfifo(copy / "tokens.txt")
+    result = []
+    worker = threading.Thread(target=lambda: result.append(export_main(["verify", "--bundle", str(copy)])),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    assert result == [1], "verify blocked on the pipe" if worker.is_alive() else result
+    _verify_failed(capsys.readouterr().err, "tokens.txt: not a regular file")
+    with pytest.raises(UserError, match="is not a regular file"):
+        load_model(copy / "tokens.txt")
+
+
 def test_online_wandb_without_credentials_is_one_line_before_any_run_dir(tiny_overrides, tmp_path, capsys,
                                                                          monkeypatch):
     from streamtune.stages import train

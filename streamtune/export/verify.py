@@ -25,20 +25,25 @@ class VerifyError(Exception):
     pass
 
 
-def _entries(bundle: Path) -> tuple[set[str], list[str]]:
-    """(plain files, links) under ``bundle``, as posix paths relative to it; links are not followed."""
+def _entries(bundle: Path) -> tuple[set[str], list[str], list[str]]:
+    """(plain files, links, other non-directories: pipes, devices, sockets) under ``bundle``, as posix paths
+    relative to it; links are not followed and nothing is opened."""
     import os
+    import stat
 
-    files, links = set(), []
+    files, links, special = set(), [], []
     for root, dirs, names in os.walk(bundle, followlinks=False):
         for name in dirs + names:
             path = Path(root) / name
             rel = path.relative_to(bundle).as_posix()
-            if path.is_symlink():
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
                 links.append(rel)
-            elif name in names:
+            elif name in names and stat.S_ISREG(mode):
                 files.add(rel)
-    return files, sorted(links)
+            elif name in names:
+                special.append(rel)
+    return files, sorted(links), sorted(special)
 
 
 def _inside(rel: str) -> bool:
@@ -48,7 +53,7 @@ def _inside(rel: str) -> bool:
 
 def check_files(bundle: Path, expect_manifest_sha256: str | None = None) -> dict:
     manifest_path = bundle / MANIFEST
-    if manifest_path.is_symlink() or not manifest_path.is_file():
+    if manifest_path.is_symlink() or not manifest_path.is_file():  # is_file: a regular file
         raise VerifyError(f"{manifest_path}: missing or not a plain file (not a bundle, or it was deleted)")
     digest = sha256_file(manifest_path)
     if expect_manifest_sha256 and digest != expect_manifest_sha256.strip().lower():
@@ -58,12 +63,16 @@ def check_files(bundle: Path, expect_manifest_sha256: str | None = None) -> dict
         listed = {str(rel): (int(meta["bytes"]), str(meta["sha256"])) for rel, meta in manifest["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise VerifyError(f"{MANIFEST}: unreadable or incomplete ({type(err).__name__}: {err})") from None
-    present, links = _entries(bundle)
+    present, links, special = _entries(bundle)
     problems = [f"{rel}: a link (bundles hold plain files only)" for rel in links]
+    problems += [f"{rel}: not a regular file (a pipe, device or socket; bundles hold plain files only, it is not "
+                 "read)" for rel in special]
     for rel, (size, digest_listed) in sorted(listed.items()):
         path = bundle / rel
         if not _inside(rel):
             problems.append(f"{rel}: listed in manifest.json with a path outside the bundle")
+        elif rel in special:
+            continue  # named above
         elif rel not in present:
             problems.append(f"{rel}: listed in manifest.json but missing")
         elif path.stat().st_size != size:
@@ -78,7 +87,9 @@ def check_files(bundle: Path, expect_manifest_sha256: str | None = None) -> dict
     return manifest
 
 
-def check_decodes(bundle: Path) -> list[str]:
+def check_decodes(bundle: Path, manifest: dict):
+    """(what decoded the sample as recorded, the model): ``model.nemo`` is read once, its bytes checked against
+    ``manifest`` (from :func:`check_files`) as they are restored, so the model returned is the one verified."""
     import soundfile as sf
 
     from streamtune.export.onnx_decoder import OrtStreamingDecoder
@@ -93,7 +104,7 @@ def check_decodes(bundle: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as err:
         raise VerifyError(f"sample/: expected.json or sample.wav unreadable ({type(err).__name__}: {err})") from None
     try:
-        model = load_model(bundle / "model.nemo")
+        model = load_model(bundle / "model.nemo", expect_sha256=manifest["files"]["model.nemo"]["sha256"])
     except Exception as err:  # noqa: BLE001 - any load failure is the bundle's fault, name the file
         raise VerifyError(f"model.nemo: does not load ({type(err).__name__}: {err})") from None
     runner = StreamingRunner(model, batch_size=1, feeding="export")
@@ -123,14 +134,21 @@ def check_decodes(bundle: Path) -> list[str]:
         if got != tokens:
             raise VerifyError(f"{where}: decodes sample/sample.wav to other tokens than when it was packaged")
         done.append(where if where != "model.nemo" else f"model.nemo ({key.removesuffix('-pytorch')})")
-    return done
+    return done, model
 
 
-def verify(bundle: Path, expect_manifest_sha256: str | None = None) -> list[str]:
+def verified(bundle: Path, expect_manifest_sha256: str | None = None):
+    """(what :func:`verify` reports, the bundle's model as verified): what ``serve`` streams with."""
     if not bundle.is_dir() or bundle.is_symlink():
         raise VerifyError(f"{bundle}: no such bundle directory")
     manifest = check_files(bundle, expect_manifest_sha256)
-    decoded = check_decodes(bundle)
+    if "model.nemo" not in manifest["files"]:
+        raise VerifyError(f"{MANIFEST}: lists no model.nemo")
+    decoded, model = check_decodes(bundle, manifest)
     stated = " (as stated)" if expect_manifest_sha256 else ""
     return [f"manifest.json sha256 {manifest['sha256']}{stated}", f"{len(manifest['files'])} files match it",
-            f"decoded the sample with {', '.join(decoded)}"]
+            f"decoded the sample with {', '.join(decoded)}"], model
+
+
+def verify(bundle: Path, expect_manifest_sha256: str | None = None) -> list[str]:
+    return verified(bundle, expect_manifest_sha256)[0]

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 from streamtune.config.loading import resolved
 from streamtune.data.survey import survey_training_data
 from streamtune.errors import UserError
+from streamtune.model.archive import check_archive, private_copy
 from streamtune.model.nemo_config import dataset_configs, model_class, nemo_model_config, recipe_model_section
 from streamtune.model.start_points import (
     apply_finetune_mode,
@@ -34,10 +35,13 @@ def check_model_config(cfg: DictConfig) -> None:
         survey_training_data(cfg.data)  # empty transcripts, impossible duration bounds (cached for the run)
     if cfg.model.get("init_from"):
         path = start_point(cfg)
+        # Before a run dir exists: a pickle that would run code, a config naming classes outside the allow-list.
         if path.suffix == ".ckpt":
-            from streamtune.model.checkpoints import load_checkpoint
+            from streamtune.model.checkpoints import checkpoint_config, load_checkpoint
 
-            load_checkpoint(path, mmap=True)  # refuses a pickle that would run code, before a run dir exists
+            checkpoint_config(load_checkpoint(path, mmap=True), path)
+        else:
+            check_archive(path, f"model.init_from '{path}'")
         if cfg.data.train:
             check_style(cfg, path)  # data that would teach the start point to stop writing capitals/punctuation
         dataset_configs(cfg, 16000)
@@ -79,16 +83,21 @@ def build_model(cfg: DictConfig, trainer=None, log=print):
     return model
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """Restore a ``.nemo`` (RNN-T or hybrid RNNT-CTC) for inference: eval mode, fp32, on ``device``."""
+def load_model(path: str | Path, device: str = "cpu", expect_sha256: str | None = None):
+    """Restore a ``.nemo`` (RNN-T or hybrid RNNT-CTC) for inference: eval mode, fp32, on ``device``; with
+    ``expect_sha256``, only if its bytes have that sha256 (``streamtune.model.archive``)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"model '{path}' does not exist; pass a local .nemo file (train.py writes final.nemo)")
+    # Read once into a private copy, hashed as read (and checked against ``expect_sha256``); the copy's config
+    # must name only allowed classes; NeMo restores that copy: the bytes loaded are the bytes hashed and checked.
+    copy, _ = private_copy(path, expect_sha256)
+    check_archive(copy, f"model '{path}'")
     from nemo.collections.asr.models import ASRModel
 
     register()  # a checkpoint may name streamtune's loss
     try:
-        model = ASRModel.restore_from(str(path), map_location=device)
+        model = ASRModel.restore_from(str(copy), map_location=device)
     except Exception as err:  # NeMo raises many kinds for a bad archive
         raise UserError(f"model '{path}' could not be loaded as a NeMo ASR model: {err}") from None
     if hasattr(model, "cur_decoder") and hasattr(model, "change_decoding_strategy"):

@@ -45,3 +45,18 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
         needs = f"'{match.group(1)}'" if match else "an object of a type outside the allowed ones"
         raise UserError(f"checkpoint '{path}' is refused: loading it would have to create {needs}, which can run "
                         "code (a streamtune checkpoint holds only tensors, numbers and configs)") from None
+
+
+def checkpoint_config(ckpt: dict, path):
+    """The NeMo model config a ``.ckpt`` holds, after ``streamtune.model.archive.check_targets`` accepted it."""
+    from omegaconf import OmegaConf
+
+    from streamtune.errors import UserError
+    from streamtune.model.archive import check_targets
+
+    try:
+        config = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
+    except Exception as err:  # noqa: BLE001 - any shape but NeMo's
+        raise UserError(f"model.init_from '{path}' is not a NeMo Lightning checkpoint: {err}") from None
+    check_targets(config, f"model.init_from '{path}'")
+    return config

@@ -97,18 +97,16 @@ def describe_changes(changes, where: str) -> str:
 def _base_config(path: Path):
     """(config, loader) of a start point: a .nemo archive or a Lightning checkpoint made by NeMo."""
     if path.suffix == ".ckpt":
-        from streamtune.model.checkpoints import load_checkpoint
+        from streamtune.model.checkpoints import checkpoint_config, load_checkpoint
 
         ckpt = load_checkpoint(path)  # refuses one that would run code
-        try:
-            base = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-        except Exception as err:
-            raise UserError(f"model.init_from '{path}' is not a NeMo Lightning checkpoint: {err}") from None
-        return base, ckpt
+        return checkpoint_config(ckpt, path), ckpt  # refuses a config naming classes outside the allow-list
     from nemo.collections.asr.models import ASRModel
 
+    from streamtune.model.archive import check_archive
     from streamtune.ops.rnnt_loss import register
 
+    check_archive(path, f"model.init_from '{path}'")  # before NeMo builds anything the archive names
     register()  # the start point may name streamtune's loss
     try:
         return ASRModel.restore_from(str(path), map_location="cpu", return_config=True), None

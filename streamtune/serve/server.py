@@ -88,15 +88,14 @@ class ServeOptions:
 
 def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
     """The bundle's model (after ``verify`` passes) and the chunk mode to serve."""
-    from streamtune.export.verify import VerifyError, verify
-    from streamtune.model.build import load_model
+    from streamtune.export.verify import VerifyError, verified
     from streamtune.model.chunks import chunk_modes
 
-    try:
-        verify(bundle, expect_manifest_sha256)
+    try:  # the model verify decoded the sample with: read once, hashed, checked against the manifest
+        _, model = verified(bundle, expect_manifest_sha256)
     except VerifyError as err:
         raise UserError(f"bundle {bundle} fails `python -m export verify`: {err}; export it again") from None
-    model = load_model(bundle / "model.nemo", device=device)
+    model = model.to(device)
     modes = chunk_modes(model)
     if chunk_ms is None:
         return model, modes[0]
