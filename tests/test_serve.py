@@ -185,14 +185,29 @@ def test_a_client_leaving_mid_stream_disturbs_no_one(served, utterances):
 
 @pytest.fixture(scope="module")
 def served_turns(bundle):
-    """The server cutting each session into turns with the default rules (the default idle limit: a browser on a
-    busy machine may pause longer than the 3 s the bad-client tests use)."""
+    """The server cutting each session into turns with the default rules."""
     from streamtune.serve.server import StreamServer
     from streamtune.streaming.endpoint import EndpointRules
 
     model, mode = _model(bundle)
     running = Running(StreamServer(model, mode, max_streams=8, max_message_kib=64,
                                    endpoint=EndpointRules()))
+    yield running
+    running.stop()
+
+
+PAGE_TOKEN = "page-token-" + "0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def served_page(bundle):
+    """The turn-taking server that asks for a token (--token-file): the page gets it from its URL's fragment."""
+    from streamtune.serve.server import StreamServer
+    from streamtune.streaming.endpoint import EndpointRules
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=8, max_message_kib=64, endpoint=EndpointRules(),
+                                   token=PAGE_TOKEN))
     yield running
     running.stop()
 
@@ -355,7 +370,7 @@ def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
     def watch():  # the audio the server holds for the flooding stream: queued, and taken in but not featurised
         while not done.is_set():
             if flooder:
-                queued = sum(len(x[2]) for x in list(live._inbox) if x[1] == flooder[0] and x[2] is not None)
+                queued = sum(len(x[2]) for x in list(live._inbox) if x[0] == "feed" and x[1] == flooder[0])
                 stream = live.streams.get(flooder[0])
                 held[0] = max(held[0], queued + (len(stream.audio) if stream is not None else 0))
             time.sleep(0.01)
@@ -451,7 +466,8 @@ def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, uttera
 
 
 def _one_message(url: str, send) -> tuple[dict, int | None]:
-    """Connect, let ``send(ws)`` misbehave, return (the error message, the close code)."""
+    """Connect, let ``send(ws)`` misbehave, return (the error message, the close code); the (empty) finals of
+    turns it ended are passed over."""
     import aiohttp
 
     async def main():
@@ -460,6 +476,8 @@ def _one_message(url: str, send) -> tuple[dict, int | None]:
             if first["type"] == "ready":
                 await send(ws)
                 first = await ws.receive_json()
+                while first["type"] == "final" and not first["last"]:
+                    first = await ws.receive_json()
             closing = await ws.receive()
             return first, ws.close_code if closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) \
                 else closing.type
@@ -479,12 +497,18 @@ def test_bad_clients_get_one_clear_error_each(served):
     async def silent(ws):
         await asyncio.sleep(3.5)
 
+    async def no_audio(ws):  # messages, but no audio: idle all the same
+        for _ in range(8):
+            await ws.send_str(json.dumps({"type": "endpoint"}))
+            await asyncio.sleep(0.5)
+
     async def deep(ws):  # once a RecursionError in the server and a close without a word
         await ws.send_str("[" * 200_000)
 
     cases = {odd: ("bad_frame", "even number of bytes", 1003), chatter: ("bad_message", '{"type": "end"} or', 1003),
              deep: ("bad_message", '{"type": "end"} or', 1003),
-             too_big: ("message_too_large", "limit is 65536", 1009), silent: ("idle", "no message for 3 s", 1008)}
+             too_big: ("message_too_large", "limit is 65536", 1009), silent: ("idle", "no audio for 3 s", 1008),
+             no_audio: ("idle", "no audio for 3 s", 1008)}
     for send, (code, text, close) in cases.items():
         error, closed = _one_message(served.url, send)
         assert error["type"] == "error" and error["code"] == code and text in error["message"], error
@@ -528,8 +552,10 @@ def test_pages_of_other_origins_and_other_host_names_are_refused(bundle, capfd):
         assert refused.value.code == 403 and "--allow-host" in refused.value.read().decode()
     finally:
         running.stop()
-    log = [line for line in capfd.readouterr().out.splitlines() if " refused " in line]
-    assert len(log) == 3 and all("Traceback" not in line for line in log), log
+    out = capfd.readouterr().out
+    log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    refused = [(r["status"], r["path"]) for r in log if r["event"] == "refused"]
+    assert refused == [(403, "/ws"), (403, "/ws"), (403, "/info")] and "Traceback" not in out, out[-3000:]
 
 
 def test_over_capacity_is_refused_clearly(bundle, utterances):
@@ -560,6 +586,197 @@ def test_over_capacity_is_refused_clearly(bundle, utterances):
         running.stop()
 
 
+def _raw_client(port: int, rcvbuf: int = 4096):
+    """A WebSocket client on a plain socket with a small receive buffer: the handshake is read byte by byte (so
+    nothing after it is), then the caller only ever sends."""
+    import base64
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _binary_frame(payload: bytes) -> bytes:
+    """A masked binary WebSocket frame (clients must mask)."""
+    n, mask = len(payload), os.urandom(4)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    data = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)
+    return bytes([0x82]) + size + mask + data.tobytes()
+
+
+def _metrics(url: str, headers: dict | None = None) -> dict[str, float]:
+    """/metrics parsed by prometheus_client's own parser: {name{labels}: value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers=headers or {})).read().decode()
+    return {name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else ""): value
+            for family in text_string_to_metric_families(text) for name, labels, value, *_ in family.samples}
+
+
+def test_a_client_that_never_reads_is_dropped_and_what_waits_for_it_is_bounded(bundle, utterances, capfd):
+    """A client streams audio as fast as the server takes it and never reads a result: once its socket buffers
+    are full, the server's next send cannot go out; after `send_timeout_s` the client is dropped (its stream and
+    slot freed, one log line, counted in /metrics). Meanwhile the results waiting for it stay one partial plus its
+    finals (partials are replaced, not queued), and another client gets exactly the runner's tokens."""
+    import threading
+    import time
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    # Small socket buffers: the ten-word model's results fill them within seconds (256 KiB by default).
+    running = Running(StreamServer(model, mode, max_streams=4, send_timeout_s=2.0, socket_buffer_kib=16))
+    server, most, state = running.server, [0], {"sent_s": 0.0, "failed_at": None}
+    pcm = np.concatenate([utterances[k % len(utterances)][1] for k in range(40)])  # a minute or so
+    frames = [_binary_frame(pcm[k:k + 3200].tobytes()) for k in range(0, len(pcm), 3200)]
+    began = time.monotonic()
+
+    def never_reads():
+        sock = _raw_client(running.port)
+        sock.settimeout(90)
+        try:
+            for k, frame in enumerate(frames * 20):
+                sock.sendall(frame)
+                state["sent_s"] = (k + 1) * 0.2
+        except OSError:  # the server aborted the connection
+            state["failed_at"] = time.monotonic() - began
+        finally:
+            sock.close()
+
+    def watch():
+        while state["failed_at"] is None and time.monotonic() - began < 120:
+            most[0] = max([most[0], *(len(o) for o in list(server.clients.values()))])
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (never_reads, watch)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert _run_clients(running.url, [utterances[1][1]])[0]["final"]["tokens"] == utterances[1][2]
+        threads[0].join(120)
+        assert state["failed_at"] is not None, f"still connected after sending {state['sent_s']:.0f} s of audio"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (server.clients or server.live.streams):
+            time.sleep(0.05)
+        assert not server.clients and not server.live.streams
+        metrics = _metrics(running.url)
+        assert metrics['streamtune_dropped_clients_total{reason=not_reading}'] == 1.0, metrics
+        assert metrics["streamtune_streams"] == 0.0
+    finally:
+        running.stop()
+    assert most[0] <= 2, f"{most[0]} results waited for one client"  # a partial, and a final at most
+    log = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    dropped = [r for r in log if r["event"] == "dropped"]
+    assert len(dropped) == 1 and "unread for 2 s" in dropped[0]["reason"], log
+    print(f"dropped after {state['failed_at']:.1f} s, having sent {state['sent_s']:.0f} s of audio")
+
+
+def test_a_token_is_asked_of_streams_and_metrics_and_never_logged(bundle, utterances, capfd):
+    """--token-file: a WebSocket or /metrics request without the token (or with another) gets 401 and one log
+    line; the header or the page's subprotocol opens a stream; the page, /info and /healthz stay open."""
+    import urllib.error
+    import urllib.request
+
+    import aiohttp
+
+    from streamtune.serve.server import StreamServer
+
+    token = "s3cret-" + "x" * 24
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=4, token=token))
+    try:
+        async def main():
+            out = {}
+            async with aiohttp.ClientSession() as session:
+                for name, kwargs in {"none": {}, "wrong": {"headers": {"Authorization": "Bearer " + "y" * 31}},
+                                     "header": {"headers": {"Authorization": f"Bearer {token}"}},
+                                     "page": {"protocols": (f"bearer.{token}",)}}.items():
+                    try:
+                        async with session.ws_connect(running.url + "/ws", **kwargs) as ws:
+                            out[name] = ((await ws.receive_json())["type"], ws.protocol)
+                    except aiohttp.WSServerHandshakeError as err:
+                        out[name] = err.status
+            return out
+        assert asyncio.run(main()) == {"none": 401, "wrong": 401, "header": ("ready", None),
+                                       "page": ("ready", f"bearer.{token}")}
+        for path in ("/", "/info", "/healthz"):
+            assert urllib.request.urlopen(running.url + path).status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(running.url + "/metrics")
+        assert refused.value.code == 401
+        assert _metrics(running.url, {"Authorization": f"Bearer {token}"})["streamtune_refused_total{reason=token}"] \
+            == 3.0
+    finally:
+        running.stop()
+    out = capfd.readouterr().out
+    log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["status"] for r in log if r["event"] == "refused"] == [401, 401, 401]
+    assert token not in out
+
+
+@pytest.mark.parametrize("content, needle", [(None, "cannot be read"), ("short", "16-512 letters"),
+                                             ("two words " * 4, "16-512 letters"), ("dir", "not a regular file")])
+def test_serve_refuses_a_token_file_it_cannot_use_in_one_line(bundle, tmp_path, capsys, content, needle):
+    from streamtune.stages.export.__main__ import main
+    from tests.helpers import one_line_error
+
+    path = tmp_path / "token"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content + "\n")
+    code = main(["serve", "--bundle", str(bundle), "--token-file", str(path)])
+    one_line_error(code, capsys.readouterr().err, "--token-file", needle)
+
+
+def test_a_session_ends_at_its_maximum_with_its_last_final(bundle, utterances):
+    """--max-session-s: a client that streams on is sent its last final (reason `max_session`) at the limit and
+    closed; what it sent before is decoded as if it had sent `end` then."""
+    import aiohttp
+
+    from streamtune.serve.server import StreamServer
+
+    model, mode = _model(bundle)
+    running = Running(StreamServer(model, mode, max_streams=4, max_session_s=2.0))
+    pcm = np.concatenate([u[1] for u in utterances] * 4)
+    try:
+        async def main():
+            got = []
+            async with aiohttp.ClientSession() as session, session.ws_connect(running.url + "/ws") as ws:
+                await ws.receive_json()
+
+                async def read():
+                    async for msg in ws:
+                        got.append(json.loads(msg.data))
+                reader = asyncio.create_task(read())
+                try:
+                    for k in range(0, len(pcm), 1600):  # 0.1 s every 0.05 s: on and on
+                        await ws.send_bytes(pcm[k:k + 1600].tobytes())
+                        await asyncio.sleep(0.05)
+                except ConnectionError:
+                    pass
+                await asyncio.wait_for(reader, 60)
+            return got
+        got = asyncio.run(main())
+    finally:
+        running.stop()
+    finals = [m for m in got if m["type"] == "final"]
+    assert len(finals) == 1 and finals[0]["last"] and finals[0]["reason"] == "max_session", got[-3:]
+    assert 2.0 <= finals[0]["audio_s"] < len(pcm) / 16000 / 2, finals[0]["audio_s"]
+
+
 def _browser():
     """(chromium, chromedriver) or a skip saying which is missing: `make test` installs both."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -571,8 +788,9 @@ def _browser():
 
 
 @pytest.mark.e2e
-def test_browser_microphone_page_shows_the_words(served_turns, utterances, tmp_path):
-    """Debian's Chromium opens the page with a fake microphone playing a test utterance; the page streams it, shows
+def test_browser_microphone_page_shows_the_words(served_page, utterances, tmp_path):
+    """Debian's Chromium opens the page (with the server's token in its URL's fragment) with a fake microphone
+    playing a test utterance; the page streams it, shows
     partial results, then exactly the final the server sent (read from Chromium's own log of WebSocket frames).
     The browser resamples the microphone, so the audio differs from the file's: against the reference, most
     words (a tolerance any trained ten-word model meets), not the runner's exact tokens."""
@@ -600,7 +818,7 @@ def test_browser_microphone_page_shows_the_words(served_turns, utterances, tmp_p
     browser = webdriver.Chrome(service=Service(driver), options=options)
     words = lambda text: set(normalise_text(text, lowercase=True, strip_punctuation=True).split())  # noqa: E731
     try:
-        browser.get(served_turns.url + "/")
+        browser.get(served_page.url + f"/#token={PAGE_TOKEN}")  # the server asks for a token
         WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "chunk").text.isdigit())
         browser.find_element(By.ID, "mic").click()
         WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "partial").text)
@@ -618,7 +836,7 @@ def test_browser_microphone_page_shows_the_words(served_turns, utterances, tmp_p
                        for f in frames if "webSocket" in f["method"]
                        and f["params"].get("response", {}).get("opcode", 1) == 1]  # not the audio
             pytest.fail(f"no last final in 60 s; the page says {browser.find_element(By.ID, 'status').text!r}; "
-                        f"server: fatal={served_turns.server.fatal!r}; WebSocket events: {sockets[-40:]}")
+                        f"server: fatal={served_page.server.fatal!r}; WebSocket events: {sockets[-40:]}")
         final = browser.find_element(By.ID, "final").text
         latency = browser.find_element(By.ID, "latency").text
         frames = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]

@@ -16,19 +16,22 @@ Protocol (one WebSocket per stream, at ``ws://HOST:PORT/ws``; the page at ``http
   after ``end``, the last segment's final (``"last": true``), then it closes;
 * anything else gets ``{"type": "error", "code", "message"}`` and a close: a binary message of an odd number of
   bytes, text that is not ``end`` / ``endpoint`` (or longer than 1 KiB, or not JSON), audio after ``end``, a
-  message over the size limit, no message for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close
-  code 1013, try again later).
+  message over the size limit, no audio for ``--idle-s`` seconds, or a connection over ``--max-streams`` (close
+  code 1013, try again later); a session is ended (its last final sent) after ``--max-session-s``; a client whose
+  results cannot be sent for ``--send-timeout-s`` is dropped.
 
 Who may connect: a request whose ``Host`` names none of the server's names (the loopback names, ``--host``, and
 ``--allow-host``) is refused with HTTP 403 (a DNS-rebinding page cannot reach it), and so is a WebSocket whose
 ``Origin`` is neither the server's own (the same scheme-less host and port as its ``Host``) nor listed with
 ``--allow-origin``: a web page the user visits cannot open streams. Clients that send no ``Origin`` (programs, not
-browsers) are not affected. Each refusal is one line in the log.
+browsers) are not affected. With ``--token-file``, ``/ws`` and ``/metrics`` want ``Authorization: Bearer TOKEN``
+(the page: the subprotocol ``bearer.TOKEN``, from ``/#token=TOKEN``); else HTTP 401. Each refusal is one line in
+the log (JSON lines: :meth:`StreamServer._log`); ``/healthz`` and ``/metrics`` (Prometheus) are for operators.
 
 One compute thread steps every stream that has a chunk ready in one batched cache-aware step
 (:class:`streamtune.streaming.live.LiveStreams`); streams join and leave at any time, and each gets exactly the tokens
-``StreamingRunner.streaming`` gives its audio. The server binds to 127.0.0.1 unless told otherwise and has no
-authentication: put it behind your own proxy to expose it.
+``StreamingRunner.streaming`` gives its audio. The server binds to 127.0.0.1 unless told otherwise; to expose it,
+give it a token and put it behind your own TLS proxy. Limits, flags and defaults: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ class ServeOptions:
     # (scheme://host[:port]) besides the server's own that may open WebSockets.
     allow_hosts: list[str] = field(default_factory=list)
     allow_origins: list[str] = field(default_factory=list)
+    max_session_s: float = 3600.0  # a stream is ended (its last final sent) after this long
+    send_timeout_s: float = 10.0  # a client whose results cannot be sent for this long is dropped
+    token: str | None = None  # required of WebSocket and /metrics clients when set (--token-file)
 
 
 def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
@@ -110,7 +116,8 @@ class StreamServer:
 
     def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
                  device: str = "cpu", endpoint=None, allow_hosts: tuple[str, ...] | None = (),
-                 allow_origins: tuple[str, ...] = (), max_backlog_s: float = 5.0):
+                 allow_origins: tuple[str, ...] = (), max_backlog_s: float = 5.0, max_session_s: float = 3600.0,
+                 send_timeout_s: float = 10.0, token: str | None = None, socket_buffer_kib: int = 256):
         from streamtune.streaming.live import LiveStreams
 
         # endpoint: streamtune.streaming.endpoint.EndpointRules (None: one segment per stream, ended by `end`).
@@ -122,7 +129,11 @@ class StreamServer:
         # None: any Host (a server bound to every address without --allow-host cannot know its names).
         self.allow_hosts = None if allow_hosts is None else {h.lower().strip("[]") for h in (*LOOPBACK, *allow_hosts)}
         self.allow_origins = {o.rstrip("/").lower() for o in allow_origins}
-        self.clients: dict[str, asyncio.Queue] = {}
+        self.max_session_s = max_session_s
+        self.send_timeout_s = send_timeout_s
+        self.socket_buffer = socket_buffer_kib * 1024
+        self.token = token
+        self.clients: dict[str, Outbox] = {}
         # Backpressure: per stream, the samples its results cover so far, and an event set when that grows.
         # At least two chunks and a little more: a stream needs a whole chunk (and the STFT's reach) to step.
         rate = self.live.sample_rate
@@ -137,6 +148,8 @@ class StreamServer:
         self.beat = time.monotonic()  # the compute loop's last turn (/healthz)
         self.fatal: str | None = None  # why the compute loop stopped, if it did
         self.on_fatal = None  # called (from the compute thread) when it stops; serve() ends the process
+        self.fed: dict[str, int] = {}  # samples each stream has sent
+        self.metrics = Metrics(self)
 
     # ----- compute thread --------------------------------------------------------------------
     def _compute(self) -> None:
@@ -148,21 +161,22 @@ class StreamServer:
                 self.beat = time.monotonic()
                 updates = self.live.step()
                 if updates:
+                    self.metrics.step_seconds.observe(time.monotonic() - self.beat)
                     self.steps += 1
                     self.loop.call_soon_threadsafe(self._deliver, updates)
                 else:
                     self.live.wait(0.05)
         except Exception as err:  # noqa: BLE001 - reported, then the whole server stops
             self.fatal = f"{type(err).__name__}: {err}"
-            self._log(f"fatal: the compute loop stopped: {self.fatal}; shutting down")
+            self._log("fatal", message=f"the compute loop stopped: {self.fatal}; shutting down")
             if self.on_fatal is not None:
                 self.on_fatal()
 
     def _deliver(self, updates) -> None:
         for update in updates:
-            queue = self.clients.get(update.stream)
-            if queue is not None:
-                queue.put_nowait(update)
+            outbox = self.clients.get(update.stream)
+            if outbox is not None:
+                outbox.put(update)
                 self.covered[update.stream] = int(update.audio_s * self.live.sample_rate)
                 self.progressed[update.stream].set()
 
@@ -186,6 +200,7 @@ class StreamServer:
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/info", self._info)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
@@ -200,45 +215,73 @@ class StreamServer:
         """SIGTERM / SIGINT: no new streams (the listening socket is closed first); every open stream is told and
         closed, and nothing more is computed (queued audio is discarded)."""
         self._stop.set()
-        for sid, ws in list(self.sockets.items()):
+        self._log("shutting_down", streams=len(self.sockets))
+        for sid in list(self.sockets):
             self.live.drop(sid)
-            await self._error(ws, "shutting_down", "the server is shutting down; reconnect to another one",
-                              close_code=1001)
+        # Told all at once, and given at most a part of the shutdown bound (a client that does not read is not
+        # waited for).
+        told = [self._error(ws, "shutting_down", "the server is shutting down; reconnect to another one",
+                            close_code=1001) for ws in list(self.sockets.values())]
+        if told:
+            await asyncio.wait([asyncio.ensure_future(t) for t in told], timeout=SHUTDOWN_S / 4)
 
     async def _on_cleanup(self, app) -> None:
         self._stop.set()  # the compute thread sees it after its step (within its 50 ms wait when idle)
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, SHUTDOWN_S / 2)
 
-    def refusal(self, request) -> str | None:
-        """Why a request may not be served (its Host or its Origin), or None."""
+    def refusal(self, request) -> tuple[int, str, str] | None:
+        """(HTTP status, why, what) when a request may not be served (its Host, its Origin, its token), or None."""
         from urllib.parse import urlsplit
 
         host = (request.host or "").lower()
         name = urlsplit(f"//{host}").hostname or ""
         if self.allow_hosts is not None and name not in self.allow_hosts:
-            return (f"Host '{host}' is not one of this server's names ({', '.join(sorted(self.allow_hosts))}); "
-                    "add it with --allow-host")
+            return 403, (f"Host '{host}' is not one of this server's names ({', '.join(sorted(self.allow_hosts))}); "
+                         "add it with --allow-host"), "host"
         origin = request.headers.get("Origin")
         if origin is not None and request.path == "/ws":
             origin = origin.rstrip("/").lower()
             own = {f"http://{host}", f"https://{host}"}
             if origin not in own and origin not in self.allow_origins:
-                return f"Origin '{origin}' is not this server's own; allow a page's origin with --allow-origin"
+                return 403, f"Origin '{origin}' is not this server's own; allow a page's origin with --allow-origin", \
+                    "origin"
+        if self.token is not None and request.path in ("/ws", "/metrics") and self._offered_token(request) is None:
+            return 401, ("this server needs a token: the header 'Authorization: Bearer TOKEN' (or, from a browser, "
+                         "the page opened as /#token=TOKEN)"), "token"
+        return None
+
+    def _offered_token(self, request) -> str | None:
+        """How the request carries the server's token: ``header``, or the WebSocket subprotocol
+        ``bearer.TOKEN`` (browsers cannot set headers on a WebSocket; the page sends that), else None."""
+        import hmac
+
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            return "header"
+        for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            protocol = protocol.strip()
+            if protocol.startswith("bearer.") and hmac.compare_digest(protocol[7:].encode(), self.token.encode()):
+                return protocol
         return None
 
     @staticmethod
-    def _log(line: str) -> None:
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
+    def _log(event: str, **fields) -> None:
+        """One JSON object per line: when, what happened, and its details (structured, for log collectors)."""
+        record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **fields}
+        print(json.dumps(record, default=str), flush=True)
 
     async def _who_may_connect(self, app, handler):
         from aiohttp import web
 
         async def check(request):
-            why = self.refusal(request)
-            if why is not None:
-                self._log(f"refused {request.remote} {request.method} {request.path}: {why}")
-                return web.Response(status=403, text=why + "\n")
+            refused = self.refusal(request)
+            if refused is not None:
+                status, why, what = refused
+                self.metrics.refused.labels(what).inc()
+                self._log("refused", peer=request.remote, method=request.method, path=request.path, status=status,
+                          reason=why)
+                return web.Response(status=status, text=why + "\n")
             return await handler(request)
 
         return check
@@ -259,6 +302,14 @@ class StreamServer:
         return web.json_response({"status": "down", "fatal": self.fatal, "last_turn_s_ago": round(stalled, 1)},
                                  status=503)
 
+    async def _metrics(self, request):
+        """Prometheus text format (prometheus_client): streams, refusals, errors, dropped clients, step times,
+        audio waiting to be decoded."""
+        from aiohttp import web
+
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def _info(self, request):
         from aiohttp import web
 
@@ -266,109 +317,159 @@ class StreamServer:
                                   "streams": len(self.clients), "max_streams": self.max_streams})
 
     # ----- WebSocket -------------------------------------------------------------------------
-    async def _error(self, ws, code: str, message: str, close_code: int = 1008) -> None:
+    async def _error(self, ws, code: str, message: str, close_code: int = 1008, sid: str | None = None) -> None:
+        self.metrics.errors.labels(code).inc()
+        if sid is not None:
+            self._log("stream_error", stream=sid, code=code, message=message)
         try:
-            await ws.send_json({"type": "error", "code": code, "message": message})
-            await ws.close(code=close_code, message=code.encode())
-        except ConnectionError:  # the client has gone already
+            await asyncio.wait_for(ws.send_json({"type": "error", "code": code, "message": message}),
+                                   self.send_timeout_s)
+            await asyncio.wait_for(ws.close(code=close_code, message=code.encode()), self.send_timeout_s)
+        except (ConnectionError, asyncio.TimeoutError):  # the client has gone already, or does not read
             pass
 
-    async def _send_results(self, ws, queue: asyncio.Queue) -> bool:
-        """Send the stream's results until its last final; False when the client reset the connection first."""
+    async def _send_results(self, ws, outbox: Outbox, sid: str, transport) -> str:
+        """Send the stream's results until its last final: ``sent``; ``reset`` when the client reset the connection
+        first; ``not_reading`` when a send could not go out for ``send_timeout_s`` (the connection is then
+        aborted: the handler's receive ends and the stream is dropped)."""
         try:
-            await self._send_loop(ws, queue)
-            return True
+            await self._send_loop(ws, outbox)
+            return "sent"
         except ConnectionError:  # the handler drops the stream
-            return False
+            return "reset"
+        except asyncio.TimeoutError:
+            self.metrics.dropped.labels("not_reading").inc()
+            self._log("dropped", stream=sid, reason=f"its results went unread for {self.send_timeout_s:g} s")
+            if transport is not None:
+                transport.abort()
+            return "not_reading"
 
-    async def _send_loop(self, ws, queue: asyncio.Queue) -> None:
+    async def _send_loop(self, ws, outbox: Outbox) -> None:
         while True:
-            update = await queue.get()
+            update = await outbox.get()
             message = {"type": "final" if update.final else "partial", "segment": update.segment,
                        "text": update.text, "tokens": update.tokens, "audio_s": round(update.audio_s, 4),
                        "words": [[w, round(a, 4), round(b, 4)] for w, a, b in update.words]}
             if update.error is not None:
-                self._log(f"stream {update.stream} failed in a decoding step: {update.error}")
+                self._log("stream_failed", stream=update.stream, message=f"a decoding step failed: {update.error}")
                 await self._error(ws, "internal", "decoding this stream failed on the server; the stream is closed "
                                   "(other streams go on): try again", close_code=1011)
                 return
             if update.final:
                 message.update(start_s=update.start_s, end_s=update.end_s, reason=update.reason, last=update.last)
-            await ws.send_json(message)
+            await asyncio.wait_for(ws.send_json(message), self.send_timeout_s)
             if update.last:
-                await ws.close()
+                outbox.sent_last = True
+                await asyncio.wait_for(ws.close(), self.send_timeout_s)
                 return
 
     async def _websocket(self, request):
         from aiohttp import WSMsgType, web
 
-        ws = web.WebSocketResponse(max_msg_size=4 * self.max_message_bytes)
+        _bound_buffers(request.transport, self.socket_buffer)
+        offered = self._offered_token(request) if self.token is not None else None
+        # heartbeat: a ping after send_timeout_s without a frame from the client; no pong within half that: closed.
+        ws = web.WebSocketResponse(max_msg_size=4 * self.max_message_bytes, heartbeat=self.send_timeout_s,
+                                   writer_limit=self.socket_buffer,  # a blocked client noticed within that much
+                                   protocols=(offered,) if offered not in (None, "header") else ())
         await ws.prepare(request)
+        self.metrics.connections.inc()
         if len(self.clients) >= self.max_streams:
+            self.metrics.refused.labels("over_capacity").inc()
+            self._log("refused", peer=request.remote, path=request.path, reason="over capacity",
+                      max_streams=self.max_streams)
             await self._error(ws, "over_capacity", f"the server is serving its maximum of {self.max_streams} "
                               "streams; try again later", close_code=1013)
             return ws
         sid = uuid.uuid4().hex
-        queue: asyncio.Queue = asyncio.Queue()
-        self.clients[sid] = queue
+        outbox = Outbox()
+        self.clients[sid] = outbox
         self.sockets[sid] = ws
         self.progressed[sid] = asyncio.Event()
-        fed = 0
+        self.fed[sid] = fed = 0
         self.live.open(sid)
+        opened = time.monotonic()
+        self._log("connected", stream=sid, peer=request.remote)
         await ws.send_json({"type": "ready", "sample_rate": self.live.sample_rate, "format": "pcm_s16le",
                             "chunk_ms": self.mode.chunk_ms, "stream": sid})
-        sender = asyncio.create_task(self._send_results(ws, queue))
-        ended = False
+        sender = asyncio.create_task(self._send_results(ws, outbox, sid, request.transport))
+        ended, last_audio, how = False, opened, "client closed"
         try:
             while not ended:
                 await self._backpressure(sid, fed, sender)
+                now = time.monotonic()
+                # Idle is time without audio (control messages do not keep a stream open); a session has a maximum.
+                idle_at, session_at = last_audio + self.idle_s, opened + self.max_session_s
                 try:
-                    msg = await asyncio.wait_for(ws.receive(), timeout=self.idle_s)
+                    msg = await asyncio.wait_for(ws.receive(), timeout=max(0.0, min(idle_at, session_at) - now))
                 except asyncio.TimeoutError:
-                    await self._error(ws, "idle", f"no message for {self.idle_s:g} s; stream closed")
+                    if time.monotonic() >= session_at:  # the last final is sent, as after `end`
+                        self._log("session_limit", stream=sid, max_session_s=self.max_session_s)
+                        self.live.end(sid, reason="max_session")
+                        ended = True
+                        continue
+                    how = "idle"
+                    await self._error(ws, "idle", f"no audio for {self.idle_s:g} s; stream closed", sid=sid)
                     break
                 if msg.type == WSMsgType.BINARY:
                     data = msg.data
                     if len(data) > self.max_message_bytes:
-                        await self._error(ws, "message_too_large", f"a binary message of {len(data)} bytes; the "
-                                          f"limit is {self.max_message_bytes} (send audio in smaller pieces)",
-                                          close_code=1009)
+                        how = "message_too_large"
+                        await self._error(ws, how, f"a binary message of {len(data)} bytes; the limit is "
+                                          f"{self.max_message_bytes} (send audio in smaller pieces)",
+                                          close_code=1009, sid=sid)
                         break
                     if len(data) % 2:
-                        await self._error(ws, "bad_frame", f"a binary message of {len(data)} bytes: audio is 16-bit "
-                                          "little-endian PCM, an even number of bytes per message", close_code=1003)
+                        how = "bad_frame"
+                        await self._error(ws, how, f"a binary message of {len(data)} bytes: audio is 16-bit "
+                                          "little-endian PCM, an even number of bytes per message", close_code=1003,
+                                          sid=sid)
                         break
                     self.live.feed(sid, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
                     fed += len(data) // 2
+                    self.fed[sid] = fed
+                    self.metrics.audio_seconds.inc(len(data) / 2 / self.live.sample_rate)
+                    last_audio = time.monotonic()
                 elif msg.type == WSMsgType.TEXT:
                     kind = control_message(msg.data)
                     if kind == "endpoint":
                         self.live.cut(sid)
                         continue
                     if kind != "end":
-                        await self._error(ws, "bad_message", 'text messages are {"type": "end"} or {"type": '
-                                          '"endpoint"}; audio goes in binary messages', close_code=1003)
+                        how = "bad_message"
+                        await self._error(ws, how, 'text messages are {"type": "end"} or {"type": "endpoint"}; '
+                                          "audio goes in binary messages", close_code=1003, sid=sid)
                         break
                     self.live.end(sid)
                     ended = True
                 elif msg.type == WSMsgType.ERROR:
+                    how = f"connection error ({ws.exception()})"
                     break  # aiohttp closed it (e.g. a message far over the limit: close code 1009)
-                else:  # the client closed
+                else:  # the client closed, reset, or missed the heartbeat
                     break
             if ended:
-                await self._until_final(ws, sender)
+                how = "ended"
+                await self._until_final(ws, sender, sid)
         finally:
-            delivered = (sender.done() and not sender.cancelled() and sender.exception() is None
-                         and sender.result())
+            outcome = (sender.result() if sender.done() and not sender.cancelled() and sender.exception() is None
+                       else "sent" if outbox.sent_last else "unsent")  # (the close handshake may be cut short)
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                err = sender.exception()
+                self._log("send_failed", stream=sid, message=f"{type(err).__name__}: {err}")
             if not sender.done():
                 sender.cancel()
-            if not delivered:
+            if outcome != "sent":
                 self.live.drop(sid)  # left before its last final (even after `end`): stop computing for it
-            for table in (self.clients, self.sockets, self.covered, self.progressed):
+                if outcome != "not_reading" and how in ("client closed", "ended"):
+                    self.metrics.dropped.labels("left").inc()
+                    how = "left before its last final"
+            for table in (self.clients, self.sockets, self.covered, self.progressed, self.fed):
                 table.pop(sid, None)
+            self._log("closed", stream=sid, how="not reading" if outcome == "not_reading" else how,
+                      audio_s=round(fed / self.live.sample_rate, 2), seconds=round(time.monotonic() - opened, 2))
         return ws
 
-    async def _until_final(self, ws, sender: asyncio.Task) -> None:
+    async def _until_final(self, ws, sender: asyncio.Task, sid: str) -> None:
         """After ``end``: wait for the last final while watching the socket, so that a client that resets or closes
         before it arrives is noticed at once (its queued audio is then not decoded), and anything it sends is an
         error."""
@@ -381,7 +482,99 @@ class StreamServer:
             return
         msg = receiving.result()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            await self._error(ws, "bad_message", 'nothing may follow {"type": "end"}', close_code=1003)
+            await self._error(ws, "bad_message", 'nothing may follow {"type": "end"}', close_code=1003, sid=sid)
+
+
+def _bound_buffers(transport, size: int) -> None:
+    """Fixed kernel buffers for a stream's connection (Linux otherwise grows them to 4 MB out and 32 MB in): the
+    audio a flooding client has in flight and the results a client that does not read leaves in the server's
+    kernel stay within ``size`` bytes each way (256 KiB: about 8 s of audio), as does what waits in the process to
+    be written, so backpressure and the send timeout act within seconds."""
+    import socket
+
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        transport.set_write_buffer_limits(high=size)  # and what waits in this process to go out
+
+
+class Outbox:
+    """A stream's results waiting to be sent: every final, in order, and only the newest partial (a partial
+    carries the whole open segment, so one waiting behind a newer one is stale): what a slow reader makes the
+    server hold is bounded by its finals, not by the chunks decoded."""
+
+    def __init__(self):
+        from collections import deque
+
+        self.items = deque()
+        self.ready = asyncio.Event()
+        self.sent_last = False  # the stream's last final went out
+
+    def put(self, update) -> None:
+        if not update.final and self.items and not self.items[-1].final:
+            self.items[-1] = update
+        else:
+            self.items.append(update)
+        self.ready.set()
+
+    async def get(self):
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.items.popleft()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Metrics:
+    """The server's Prometheus metrics (prometheus_client), in a registry of its own."""
+
+    def __init__(self, server: StreamServer):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry = CollectorRegistry()
+        rate = server.live.sample_rate
+        Gauge("streamtune_streams", "Streams open", registry=registry).set_function(lambda: len(server.clients))
+        Gauge("streamtune_max_streams", "Streams served at once at most", registry=registry).set(server.max_streams)
+        Gauge("streamtune_backlog_seconds", "Audio received and not yet decoded, summed over streams",
+              registry=registry).set_function(
+            lambda: sum(max(0, n - server.covered.get(sid, 0)) for sid, n in list(server.fed.items())) / rate)
+        Gauge("streamtune_outbox_messages", "Results waiting to be sent, summed over streams",
+              registry=registry).set_function(lambda: sum(len(o) for o in list(server.clients.values())))
+        self.connections = Counter("streamtune_connections", "WebSocket connections accepted", registry=registry)
+        self.refused = Counter("streamtune_refused", "Requests refused, by reason", ["reason"], registry=registry)
+        self.errors = Counter("streamtune_stream_errors", "Streams closed with an error, by code", ["code"],
+                              registry=registry)
+        self.dropped = Counter("streamtune_dropped_clients", "Clients dropped before their last final: left, or "
+                               "not reading their results", ["reason"], registry=registry)
+        self.audio_seconds = Counter("streamtune_audio_seconds", "Audio received", registry=registry)
+        self.step_seconds = Histogram("streamtune_step_seconds", "Compute loop steps that decoded something",
+                                      buckets=(.005, .01, .02, .04, .08, .16, .32, .64, 1.28, 2.56), registry=registry)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (its one line): at least 16 characters of letters, digits and ``-._~``
+    (what a WebSocket subprotocol may carry)."""
+    import re
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(f"--token-file {path}: not a regular file")
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise UserError(f"--token-file {path}: cannot be read ({err.strerror})") from None
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,512}", token):
+        raise UserError(f"--token-file {path}: the token must be one line of 16-512 letters, digits or -._~ "
+                        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE)")
+    return token
 
 
 def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | None = None) -> None:
@@ -392,7 +585,10 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     from streamtune.streaming.live import probe_capacity
 
     model, mode = load_bundle_model(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
-    endpoint = default_rules(model.tokenizer) if options.endpoint == "auto" else EndpointRules(options.endpoint)
+    if options.endpoint == "none":  # no turn-taking, but no result grows without bound: a cap on segments only
+        endpoint = EndpointRules("rules", trailing_silence_s=None, leading_silence_s=None)
+    else:
+        endpoint = default_rules(model.tokenizer) if options.endpoint == "auto" else EndpointRules(options.endpoint)
     endpoint = replace(endpoint, **options.endpoint_settings)  # checked again: contradictions are errors
     endpoint.token_id(model.tokenizer)  # a clear error before serving when eou is asked of a model without it
     max_streams = options.max_streams
@@ -401,8 +597,8 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
         max_streams = max(1, probe_capacity(model, mode, options.device))
         print(f"capacity probe: {max_streams} streams step within half a {mode.chunk_ms} ms chunk on this machine "
               f"({time.perf_counter() - began:.1f} s; set --max-streams to choose)", flush=True)
-    if options.host not in LOOPBACK:
-        print(f"warning: listening on {options.host}: anyone who reaches it can stream (no authentication)",
+    if options.host not in LOOPBACK and options.token is None:
+        print(f"warning: listening on {options.host}: anyone who reaches it can stream (no --token-file)",
               flush=True)
     wildcard = options.host in ("0.0.0.0", "::", "")
     if wildcard and not options.allow_hosts:
@@ -411,7 +607,8 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     hosts = None if wildcard and not options.allow_hosts else (*([] if wildcard else [options.host]),
                                                                 *options.allow_hosts)
     server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device,
-                          endpoint, hosts, tuple(options.allow_origins), options.max_backlog_s)
+                          endpoint, hosts, tuple(options.allow_origins), options.max_backlog_s, options.max_session_s,
+                          options.send_timeout_s, options.token)
     print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)

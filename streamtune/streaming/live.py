@@ -71,6 +71,7 @@ class _Stream:
     hyp: object = None  # the current segment's hypothesis (None: the decoder starts afresh)
     turns: Turns | None = None
     cut: bool = False  # the client asked to end the current segment
+    end_reason: str = "end"  # why the stream ended (its last final's reason)
 
     @property
     def frames_have(self) -> int:
@@ -108,13 +109,13 @@ class LiveStreams:
         self.endpoint = endpoint or EndpointRules(method="none")
         self.eou = self.endpoint.token_id(model.tokenizer)
         self.streams: dict[str, _Stream] = {}  # owned by the stepping thread
-        self._inbox: list[tuple[str, str, np.ndarray | None]] = []  # (op, stream, samples)
+        self._inbox: list[tuple[str, str, np.ndarray | str | None]] = []  # (op, stream, samples or end reason)
         self._cond = threading.Condition()
         with att_context(model, mode) as enc:
             self.geometry = ChunkGeometry.of(model, enc)
 
     # ----- what clients send (any thread) ------------------------------------------------------
-    def _post(self, op: str, stream_id: str, samples: np.ndarray | None = None) -> None:
+    def _post(self, op: str, stream_id: str, samples: np.ndarray | str | None = None) -> None:
         with self._cond:
             self._inbox.append((op, stream_id, samples))
             self._cond.notify_all()
@@ -126,9 +127,10 @@ class LiveStreams:
         """Append float32 samples (16 kHz mono, [-1, 1])."""
         self._post("feed", stream_id, np.asarray(samples, dtype=np.float32))
 
-    def end(self, stream_id: str) -> None:
-        """No more audio: the stream's remaining frames are decoded and its final result given."""
-        self._post("end", stream_id)
+    def end(self, stream_id: str, reason: str = "end") -> None:
+        """No more audio: the stream's remaining frames are decoded and its final result given (with ``reason``:
+        ``end`` when the client said so, or the server's, e.g. ``max_session``)."""
+        self._post("end", stream_id, reason)
 
     def cut(self, stream_id: str) -> None:
         """The client ends its turn: the current segment closes after what has been decoded so far (audio received
@@ -162,6 +164,7 @@ class LiveStreams:
                 # What the preprocessor gives the whole utterance: its own frame count (NeMo 3.0: samples // hop;
                 # the STFT's last, partial frame is masked out), none for a stream that sent no audio.
                 s.ended, s.frames_total = True, self._frames_of(s.received) if s.received else 0
+                s.end_reason = samples
             elif op == "cut":
                 self.streams[sid].cut = True
             elif op == "drop":
@@ -291,8 +294,8 @@ class LiveStreams:
                 updates.append(self._close(s, s.turns.close(s.start * hop_s, "forced"), s.start * hop_s))
         for s in finished:
             # The segment ends where the runner's does (the last frame); the result covers every sample received.
-            updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, "end"), s.received / self.sample_rate,
-                                       last=True))
+            updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, s.end_reason),
+                                       s.received / self.sample_rate, last=True))
             del self.streams[s.id]
         return updates
 

@@ -124,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--port", type=int, default=8765)
     serving.add_argument("--max-streams", type=int,
                          help="streams served at once; more are refused (default: a capacity probe at start-up)")
-    serving.add_argument("--idle-s", type=float, default=30.0, help="close a stream silent for this long")
+    serving.add_argument("--idle-s", type=float, default=30.0,
+                         help="close a stream that sends no audio for this long (default 30 s)")
+    serving.add_argument("--max-session-s", type=float, default=3600.0,
+                         help="end a stream after this long: its last final is sent (default 3600 s)")
+    serving.add_argument("--send-timeout-s", type=float, default=10.0,
+                         help="drop a client whose results cannot be sent (it does not read) for this long; also "
+                         "the heartbeat's interval (default 10 s)")
+    serving.add_argument("--token-file", metavar="FILE",
+                         help="require this file's token of WebSocket and /metrics clients (header "
+                         "'Authorization: Bearer TOKEN'; the page: open /#token=TOKEN)")
     serving.add_argument("--max-message-kib", type=int, default=256, help="largest audio message accepted")
     serving.add_argument("--max-backlog-s", type=float, default=5.0,
                          help="audio a client may send ahead of decoding; beyond it the server stops reading its "
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser, required=False)
     args = parser.parse_intermixed_args(argv)
     if args.step == "serve":
-        from streamtune.serve.server import ServeOptions, serve
+        from streamtune.serve.server import ServeOptions, read_token, serve
 
         if not args.bundle:
             raise UserError("`python -m export serve` needs --bundle DIR (an exported, verified bundle)")
@@ -157,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         given = {key: (value or None) if key != "max_segment_s" else value for key, value in (
             ("trailing_silence_s", args.trailing_silence_s), ("leading_silence_s", args.leading_silence_s),
             ("max_segment_s", args.max_segment_s)) if value is not None}
-        if not args.max_backlog_s > 0:
-            raise UserError(f"--max-backlog-s {args.max_backlog_s}: a number of seconds above 0")
+        for flag in ("max_backlog_s", "idle_s", "max_session_s", "send_timeout_s"):
+            if not getattr(args, flag) > 0:
+                raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: a number of seconds above 0")
+        token = read_token(Path(args.token_file)) if args.token_file else None
         serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
                                               args.max_message_kib, args.device, args.max_backlog_s, args.endpoint,
-                                              given, args.allow_host, args.allow_origin),
+                                              given, args.allow_host, args.allow_origin, args.max_session_s,
+                                              args.send_timeout_s, token),
               args.expect_manifest_sha256)
         return 0
     if args.step == "verify" and args.bundle:
