@@ -586,6 +586,66 @@ def test_over_capacity_is_refused_clearly(bundle, utterances):
         running.stop()
 
 
+def _onnx_server(bundle, endpoint=None):
+    from streamtune.serve.server import StreamServer, load_bundle, onnx_streams
+
+    model, mode, manifest = load_bundle(bundle, None, "cpu")
+    live = onnx_streams(bundle, model, mode, "onnx", manifest, endpoint)
+    return Running(StreamServer(model, mode, max_streams=16, live=live)), mode
+
+
+def _onnx_reference(bundle, mode, pcms, endpoint=None):
+    """What OrtStreamingDecoder (export's and verify's decoder) gives each audio, export-fed (features in float64,
+    as the backend computes them, then float32): tokens, or with ``endpoint`` the segments' tokens."""
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.serve.server import load_bundle_model
+    from streamtune.streaming.endpoint import Turns
+    from streamtune.streaming.runner import StreamingRunner
+
+    model, _ = load_bundle_model(bundle, None, "cpu")
+    runner = StreamingRunner(model.double(), batch_size=1, feeding="export")
+    decoder = OrtStreamingDecoder(bundle / "onnx" / f"{mode.chunk_ms}ms")
+    frame_s = runner.hop_samples() * runner.subsampling / 16000
+    out = []
+    for pcm in pcms:
+        feats = runner.features(pcm.astype(np.float64) / 32768).float().numpy()
+        if endpoint is None:
+            out.append(decoder.decode(feats)[0])
+            continue
+        segments = []
+        decoder.decode(feats, turns=Turns(endpoint, frame_s), segments=segments,
+                       silence_frames=runner.silence_frames(), hop_s=runner.hop_samples() / 16000)
+        out.append([seg.tokens for seg in segments])
+    return out
+
+
+def test_the_onnx_backend_gives_each_client_the_onnx_decoders_tokens(bundle, utterances):
+    """`--backend onnx`: the bundle's ONNX graphs step every stream with a chunk ready in one batch; each of 8
+    clients sending at once, in pieces of random sizes, gets exactly the tokens OrtStreamingDecoder (what export
+    checks against PyTorch and verify against the sample) gives its audio alone; with turn-taking, exactly its
+    segments."""
+    from streamtune.streaming.endpoint import EndpointRules
+
+    pcms = [pcm for _, pcm, _ in utterances[:8]]
+    running, mode = _onnx_server(bundle)
+    try:
+        results = _run_clients(running.url, pcms)
+    finally:
+        running.stop()
+    assert [r["final"]["tokens"] for r in results] == _onnx_reference(bundle, mode, pcms)
+    # Turns of at most a second: sessions of two utterances and a second of silence are cut, whatever the model.
+    rules = EndpointRules(trailing_silence_s=0.5, leading_silence_s=0.6, max_segment_s=1.0)
+    sessions = [np.concatenate([pcms[k], np.zeros(16000, "<i2"), pcms[k + 1]]) for k in range(0, 8, 2)]
+    running, mode = _onnx_server(bundle, rules)
+    try:
+        results = _run_clients(running.url, sessions)
+    finally:
+        running.stop()
+    expected = _onnx_reference(bundle, mode, sessions, rules)
+    assert [[f["tokens"] for f in r["finals"]] for r in results] == expected
+    assert all(len(segments) > 1 for segments in expected)
+
+
 def _raw_client(port: int, rcvbuf: int = 4096):
     """A WebSocket client on a plain socket with a small receive buffer: the handshake is read byte by byte (so
     nothing after it is), then the caller only ever sends."""
@@ -739,6 +799,14 @@ def test_serve_refuses_a_token_file_it_cannot_use_in_one_line(bundle, tmp_path, 
         path.write_text(content + "\n")
     code = main(["serve", "--bundle", str(bundle), "--token-file", str(path)])
     one_line_error(code, capsys.readouterr().err, "--token-file", needle)
+
+
+def test_serve_refuses_a_backend_the_bundle_lacks_in_one_line(bundle, capsys):
+    from streamtune.stages.export.__main__ import main
+    from tests.helpers import one_line_error
+
+    code = main(["serve", "--bundle", str(bundle), "--backend", "onnx-int8", "--max-streams", "1"])
+    one_line_error(code, capsys.readouterr().err, "--backend onnx-int8: the bundle has no onnx/", "export.int8=true")
 
 
 def test_a_session_ends_at_its_maximum_with_its_last_final(bundle, utterances):

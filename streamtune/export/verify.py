@@ -138,7 +138,7 @@ def check_decodes(bundle: Path, manifest: dict):
 
 
 def verified(bundle: Path, expect_manifest_sha256: str | None = None):
-    """(what :func:`verify` reports, the bundle's model as verified): what ``serve`` streams with."""
+    """(what :func:`verify` reports, the bundle's model as verified, the manifest): what ``serve`` streams with."""
     if not bundle.is_dir() or bundle.is_symlink():
         raise VerifyError(f"{bundle}: no such bundle directory")
     manifest = check_files(bundle, expect_manifest_sha256)
@@ -147,7 +147,7 @@ def verified(bundle: Path, expect_manifest_sha256: str | None = None):
     decoded, model = check_decodes(bundle, manifest)
     stated = " (as stated)" if expect_manifest_sha256 else ""
     return [f"manifest.json sha256 {manifest['sha256']}{stated}", f"{len(manifest['files'])} files match it",
-            f"decoded the sample with {', '.join(decoded)}"], model
+            f"decoded the sample with {', '.join(decoded)}"], model, manifest
 
 
 def verify(bundle: Path, expect_manifest_sha256: str | None = None) -> list[str]:

@@ -90,25 +90,49 @@ class ServeOptions:
     max_session_s: float = 3600.0  # a stream is ended (its last final sent) after this long
     send_timeout_s: float = 10.0  # a client whose results cannot be sent for this long is dropped
     token: str | None = None  # required of WebSocket and /metrics clients when set (--token-file)
+    backend: str = "pytorch"  # or "onnx" / "onnx-int8": the bundle's ONNX Runtime graphs (ort_streams.py)
 
 
-def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
-    """The bundle's model (after ``verify`` passes) and the chunk mode to serve."""
+def load_bundle(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
+    """(the bundle's model after ``verify`` passes, the chunk mode to serve, the verified manifest)."""
     from streamtune.export.verify import VerifyError, verified
     from streamtune.model.chunks import chunk_modes
 
     try:  # the model verify decoded the sample with: read once, hashed, checked against the manifest
-        _, model = verified(bundle, expect_manifest_sha256)
+        _, model, manifest = verified(bundle, expect_manifest_sha256)
     except VerifyError as err:
         raise UserError(f"bundle {bundle} fails `python -m export verify`: {err}; export it again") from None
     model = model.to(device)
     modes = chunk_modes(model)
-    if chunk_ms is None:
-        return model, modes[0]
     for mode in modes:
-        if mode.chunk_ms == chunk_ms:
-            return model, mode
+        if chunk_ms is None or mode.chunk_ms == chunk_ms:
+            return model, mode, manifest
     raise UserError(f"--chunk-ms {chunk_ms}: the model streams at {', '.join(str(m.chunk_ms) for m in modes)} ms")
+
+
+def load_bundle_model(bundle: Path, chunk_ms: int | None, device: str, expect_manifest_sha256: str | None = None):
+    """The bundle's model (after ``verify`` passes) and the chunk mode to serve."""
+    return load_bundle(bundle, chunk_ms, device, expect_manifest_sha256)[:2]
+
+
+BACKENDS = ("pytorch", "onnx", "onnx-int8")
+
+
+def onnx_streams(bundle: Path, model, mode, backend: str, manifest: dict, endpoint, max_batch: int = 256):
+    """The ONNX Runtime backend over the bundle's ``onnx/<ms>ms`` (``onnx``) or ``onnx/<ms>ms-int8`` graphs, loaded
+    from the bytes verify checked (streamtune.serve.ort_streams)."""
+    from streamtune.serve.ort_streams import OrtLiveStreams
+
+    name = f"{mode.chunk_ms}ms" + ("-int8" if backend == "onnx-int8" else "")
+    mode_dir = bundle / "onnx" / name
+    if not (mode_dir / "encoder.onnx").is_file():
+        have = sorted(p.name for p in (bundle / "onnx").iterdir()) if (bundle / "onnx").is_dir() else []
+        raise UserError(f"--backend {backend}: the bundle has no onnx/{name}/ (it has: {', '.join(have) or 'none'}"
+                        f"{'; export with export.int8=true' if backend == 'onnx-int8' else ''})")
+    hashes = {rel.rsplit("/", 1)[1]: meta["sha256"] for rel, meta in manifest["files"].items()
+              if rel.startswith(f"onnx/{name}/")}
+    return OrtLiveStreams(model, mode, mode_dir, max_batch=max_batch, endpoint=endpoint,
+                          threads=os.cpu_count() or 1, hashes=hashes)
 
 
 class StreamServer:
@@ -117,11 +141,14 @@ class StreamServer:
     def __init__(self, model, mode, max_streams: int, idle_s: float = 30.0, max_message_kib: int = 256,
                  device: str = "cpu", endpoint=None, allow_hosts: tuple[str, ...] | None = (),
                  allow_origins: tuple[str, ...] = (), max_backlog_s: float = 5.0, max_session_s: float = 3600.0,
-                 send_timeout_s: float = 10.0, token: str | None = None, socket_buffer_kib: int = 256):
+                 send_timeout_s: float = 10.0, token: str | None = None, socket_buffer_kib: int = 256,
+                 live=None):
         from streamtune.streaming.live import LiveStreams
 
         # endpoint: streamtune.streaming.endpoint.EndpointRules (None: one segment per stream, ended by `end`).
-        self.live = LiveStreams(model, mode, device=device, max_batch=max(1, max_streams), endpoint=endpoint)
+        # live: the streams of another backend (onnx_streams); default PyTorch.
+        self.live = live if live is not None else LiveStreams(model, mode, device=device,
+                                                              max_batch=max(1, max_streams), endpoint=endpoint)
         self.mode = mode
         self.max_streams = max_streams
         self.idle_s = idle_s
@@ -584,19 +611,25 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
     from streamtune.streaming.endpoint import EndpointRules, default_rules, describe
     from streamtune.streaming.live import probe_capacity
 
-    model, mode = load_bundle_model(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
+    if options.backend not in BACKENDS:
+        raise UserError(f"--backend {options.backend}: choose one of {', '.join(BACKENDS)}")
+    if options.backend != "pytorch" and options.device != "cpu":
+        raise UserError(f"--backend {options.backend} runs ONNX Runtime on the CPU; drop --device {options.device}")
+    model, mode, manifest = load_bundle(bundle, options.chunk_ms, options.device, expect_manifest_sha256)
     if options.endpoint == "none":  # no turn-taking, but no result grows without bound: a cap on segments only
         endpoint = EndpointRules("rules", trailing_silence_s=None, leading_silence_s=None)
     else:
         endpoint = default_rules(model.tokenizer) if options.endpoint == "auto" else EndpointRules(options.endpoint)
     endpoint = replace(endpoint, **options.endpoint_settings)  # checked again: contradictions are errors
     endpoint.token_id(model.tokenizer)  # a clear error before serving when eou is asked of a model without it
+    live = None if options.backend == "pytorch" else onnx_streams(bundle, model, mode, options.backend, manifest,
+                                                                   endpoint)
     max_streams = options.max_streams
     if max_streams is None:
         began = time.perf_counter()
-        max_streams = max(1, probe_capacity(model, mode, options.device))
-        print(f"capacity probe: {max_streams} streams step within half a {mode.chunk_ms} ms chunk on this machine "
-              f"({time.perf_counter() - began:.1f} s; set --max-streams to choose)", flush=True)
+        max_streams = max(1, probe_capacity(model, mode, options.device, live=live))
+        print(f"capacity probe ({options.backend}): {max_streams} streams step within half a {mode.chunk_ms} ms "
+              f"chunk on this machine ({time.perf_counter() - began:.1f} s; set --max-streams to choose)", flush=True)
     if options.host not in LOOPBACK and options.token is None:
         print(f"warning: listening on {options.host}: anyone who reaches it can stream (no --token-file)",
               flush=True)
@@ -608,8 +641,9 @@ def serve(bundle: Path, options: ServeOptions, expect_manifest_sha256: str | Non
                                                                 *options.allow_hosts)
     server = StreamServer(model, mode, max_streams, options.idle_s, options.max_message_kib, options.device,
                           endpoint, hosts, tuple(options.allow_origins), options.max_backlog_s, options.max_session_s,
-                          options.send_timeout_s, options.token)
-    print(f"serving {bundle} at {mode.chunk_ms} ms chunks, at most {max_streams} streams, endpointing: "
+                          options.send_timeout_s, options.token, live=live)
+    print(f"serving {bundle} at {mode.chunk_ms} ms chunks ({options.backend}), at most {max_streams} streams, "
+          "endpointing: "
           f"{describe(endpoint)}: "
           f"http://{options.host}:{options.port}/ (page), ws://{options.host}:{options.port}/ws", flush=True)
     server.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful shutdown, then exit 1

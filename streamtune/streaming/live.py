@@ -113,6 +113,9 @@ class LiveStreams:
         self._cond = threading.Condition()
         with att_context(model, mode) as enc:
             self.geometry = ChunkGeometry.of(model, enc)
+        # Frames of silence a backend puts before every stream's audio (none here; an exported encoder's fixed
+        # pre-encode cache wants some: streamtune.serve.ort_streams); times reported leave them out.
+        self.lead_frames = 0
 
     # ----- what clients send (any thread) ------------------------------------------------------
     def _post(self, op: str, stream_id: str, samples: np.ndarray | str | None = None) -> None:
@@ -153,7 +156,7 @@ class LiveStreams:
         pending: dict[str, list[np.ndarray]] = {}
         for op, sid, samples in inbox:
             if op == "open":
-                self.streams[sid] = _Stream(sid, turns=self._turns())
+                self.streams[sid] = self._new_stream(sid)
             elif sid not in self.streams:
                 continue  # dropped already
             elif op == "feed":
@@ -172,6 +175,9 @@ class LiveStreams:
                 del self.streams[sid]
         for sid, parts in pending.items():
             self._append(sid, parts)
+
+    def _new_stream(self, sid: str) -> _Stream:
+        return _Stream(sid, turns=self._turns())
 
     def _turns(self) -> Turns:
         return Turns(self.endpoint, self.hop * self.geometry.subsampling / self.sample_rate, self.eou)
@@ -201,8 +207,12 @@ class LiveStreams:
         message = f"{type(err).__name__}: {err}"[:300]
         for s in streams:
             self.streams.pop(s.id, None)
-        return [Update(s.id, [], "", [], s.start * self.hop / self.sample_rate, True, s.turns.index, last=True,
-                       reason="error", error=message) for s in streams]
+        return [Update(s.id, [], "", [], self._at_s(s.start), True, s.turns.index, last=True, reason="error",
+                       error=message) for s in streams]
+
+    def _at_s(self, frame: int) -> float:
+        """The audio time (seconds of the client's audio) of a mel frame of the stream."""
+        return max(0, frame - self.lead_frames) * self.hop / self.sample_rate
 
     @torch.no_grad()
     def _extend_features(self, streams: list[_Stream]) -> list[Update]:
@@ -287,15 +297,15 @@ class LiveStreams:
                         updates += self._step_group(enc, batch, drop, first)
                     except Exception as err:  # one failed batch fails its own streams, not the server
                         updates += self._fail([s for s, _, _ in batch], err)
-        hop_s = self.hop / self.sample_rate
         for s in list(self.streams.values()):
             if s.cut and s not in finished:
                 s.cut = False
-                updates.append(self._close(s, s.turns.close(s.start * hop_s, "forced"), s.start * hop_s))
+                at_s = self._at_s(s.start)
+                updates.append(self._close(s, s.turns.close(at_s, "forced"), at_s))
         for s in finished:
             # The segment ends where the runner's does (the last frame); the result covers every sample received.
-            updates.append(self._close(s, s.turns.close(s.frames_total * hop_s, s.end_reason),
-                                       s.received / self.sample_rate, last=True))
+            updates.append(self._close(s, s.turns.close(self._at_s(s.frames_total), s.end_reason),
+                                       (s.received - self.lead_frames * self.hop) / self.sample_rate, last=True))
             del self.streams[s.id]
         return updates
 
@@ -347,10 +357,12 @@ class LiveStreams:
                       hypothesis_words(tokenizer, tokens, emit_s), covered_s, final, segment, **closed)
 
 
-def probe_capacity(model, mode: ChunkMode, device: str = "cpu", budget: float = 0.5, limit: int = 256) -> int:
+def probe_capacity(model, mode: ChunkMode, device: str = "cpu", budget: float = 0.5, limit: int = 256,
+                   live: LiveStreams | None = None) -> int:
     """The largest number of streams (a power of two, up to ``limit``) whose batched step takes at most
-    ``budget`` x the chunk's duration on random audio: a quick estimate of what this machine serves in real time."""
-    live = LiveStreams(model, mode, device=device, max_batch=limit)
+    ``budget`` x the chunk's duration on random audio: a quick estimate of what this machine serves in real time.
+    ``live``: the streams to probe (another backend's, e.g. ONNX Runtime); default: PyTorch on ``device``."""
+    live = live if live is not None else LiveStreams(model, mode, device=device, max_batch=limit)
     chunk_s = mode.chunk_ms / 1000
     rng = np.random.default_rng(0)
     best, n = 0, 1

@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-backlog-s", type=float, default=5.0,
                          help="audio a client may send ahead of decoding; beyond it the server stops reading its "
                          "socket until decoding catches up (its sends block)")
-    serving.add_argument("--device", default="cpu", help="cpu or cuda")
+    serving.add_argument("--device", default="cpu", help="cpu or cuda (the pytorch backend)")
+    serving.add_argument("--backend", choices=["pytorch", "onnx", "onnx-int8"], default="pytorch",
+                         help="what steps the streams: the bundle's model.nemo in PyTorch, or its ONNX Runtime "
+                         "graphs of the chunk mode (onnx/<ms>ms, or onnx/<ms>ms-int8), batched the same way; on "
+                         "CPU, ONNX Runtime is the faster (BENCHMARKS.md, Serving)")
     serving.add_argument("--endpoint", choices=["auto", "none", "rules", "eou"], default="auto",
                          help="how a session is cut into turns (default: eou when the model has the <EOU> token, "
                          "else rules; see docs/serving.md)")
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(Path(args.bundle), ServeOptions(args.chunk_ms, args.host, args.port, args.max_streams, args.idle_s,
                                               args.max_message_kib, args.device, args.max_backlog_s, args.endpoint,
                                               given, args.allow_host, args.allow_origin, args.max_session_s,
-                                              args.send_timeout_s, token),
+                                              args.send_timeout_s, token, args.backend),
               args.expect_manifest_sha256)
         return 0
     if args.step == "verify" and args.bundle:
