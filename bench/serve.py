@@ -2,10 +2,12 @@
 
     python bench/serve.py [--write] [--bundle dist/tiny_cpu] [--chunk-ms 160 560] [--window-s 12] [--full/--no-full]
 
-For each chunk mode, the server runs in its own process (``python -m export serve`` on the demo bundle, which
-``make demo`` writes; for ``--full``, the target's 24-layer geometry with random weights in the same server class,
-no bundle) and N clients in this process each stream demo test utterances one after another, paced at real time
-(40 ms of 16-bit PCM every 40 ms), for ``--window-s`` seconds. Measured:
+For each chunk mode and backend (``--backend pytorch`` and ``onnx``), the server runs in its own process
+(``python -m export serve`` on the demo bundle, which ``make demo`` writes; for ``--full``, the target's 24-layer
+geometry with random weights in the same server class, no bundle, at 560 ms: PyTorch, and its ONNX export in fp32
+and int8 (``export_mode``, ``quantize_dir``) through the ONNX Runtime backend) and N clients in this process each
+stream demo test utterances one after another, paced at real time (40 ms of 16-bit PCM every 40 ms), for
+``--window-s`` seconds. Measured:
 
 * partial latency: from sending the audio a partial result covers (its ``audio_s``) to receiving that partial;
 * final latency: from sending the last sample (and ``end``) to receiving the final result;
@@ -140,20 +142,42 @@ def offline_capacity(model, chunk_ms: int, feats, limit: int) -> int:
     return best
 
 
-def serve_full(port: int, chunk_ms: int) -> None:
-    """Child: the full geometry with random weights behind the same server class (no bundle)."""
+def full_model(tmp: Path):
+    """The full geometry, random weights, its joint's blank raised (bench.full_model)."""
+    from bench.full_model import build_full, random_tokenizer, silence_joint
+
+    tokenizer = tmp / "tokenizer"
+    model = build_full(tokenizer if tokenizer.is_dir() else random_tokenizer(tmp))
+    silence_joint(model)
+    return model
+
+
+def export_full(root: Path, chunk_ms: int) -> None:
+    """The full model's ONNX graphs for one mode, fp32 and int8 (what ``export`` writes into a bundle)."""
+    from streamtune.export.onnx_export import export_mode, quantize_dir
+    from streamtune.model.chunks import mode_by_ms
+
+    model = full_model(root)
+    export_mode(model, mode_by_ms(model, chunk_ms), root / "fp32")
+    quantize_dir(root / "fp32", root / "int8")
+
+
+def serve_full(port: int, chunk_ms: int, backend: str, root: Path) -> None:
+    """Child: the full geometry with random weights behind the same server class (no bundle); with an ONNX
+    backend, over ``export_full``'s graphs in ``root``."""
     from aiohttp import web
 
-    from bench.full_model import build_full, random_tokenizer, silence_joint
     from streamtune.model.chunks import mode_by_ms
+    from streamtune.serve.ort_streams import OrtLiveStreams
     from streamtune.serve.server import StreamServer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_full(random_tokenizer(Path(tmp)))
-        silence_joint(model)
-        server = StreamServer(model, mode_by_ms(model, chunk_ms), max_streams=4096)
-        print(f"serving the full geometry at {chunk_ms} ms", flush=True)
-        web.run_app(server.app(), host="127.0.0.1", port=port, print=None)
+    model = full_model(root)
+    mode = mode_by_ms(model, chunk_ms)
+    live = None if backend == "pytorch" else OrtLiveStreams(
+        model, mode, root / ("int8" if backend == "onnx-int8" else "fp32"), threads=os.cpu_count() or 1)
+    server = StreamServer(model, mode, max_streams=4096, live=live)
+    print(f"serving the full geometry at {chunk_ms} ms ({backend})", flush=True)
+    web.run_app(server.app(), host="127.0.0.1", port=port, print=None)
 
 
 def main(argv=None) -> int:
@@ -166,10 +190,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--child-full", type=int, nargs=2, metavar=("PORT", "CHUNK_MS"), help=argparse.SUPPRESS)
+    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnx"], help="for the demo bundle")
+    parser.add_argument("--child-full", nargs=4, metavar=("PORT", "CHUNK_MS", "BACKEND", "ROOT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_full:
-        serve_full(*args.child_full)
+        port, ms, backend, root = args.child_full
+        serve_full(int(port), int(ms), backend, Path(root))
         return 0
 
     import torch
@@ -188,11 +215,17 @@ def main(argv=None) -> int:
     model = load_model(bundle / "model.nemo")
     runner = StreamingRunner(model)
     feats = [runner.features(u.audio) for u in utts]
-    setups = [("demo", ms, [sys.executable, "-m", "export", "serve", "--bundle", str(bundle), "--chunk-ms", str(ms),
-                            "--max-streams", "4096", "--port", "{port}"]) for ms in args.chunk_ms]
+    setups = [(f"demo, {backend}", ms, [sys.executable, "-m", "export", "serve", "--bundle", str(bundle),
+                                        "--chunk-ms", str(ms), "--max-streams", "4096", "--port", "{port}",
+                                        "--backend", backend])
+              for backend in args.backends for ms in args.chunk_ms]
+    tmp = tempfile.TemporaryDirectory()
     if args.full:
-        setups.append(("full (random weights)", 560, [sys.executable, "bench/serve.py", "--child-full", "{port}",
-                                                       "560"]))
+        print("exporting the full geometry (fp32, int8) ...", flush=True)
+        export_full(Path(tmp.name), 560)
+        for backend in ("pytorch", "onnx", "onnx-int8"):
+            setups.append((f"full (random weights), {backend}", 560, [
+                sys.executable, "bench/serve.py", "--child-full", "{port}", "560", backend, tmp.name]))
     rows, capacity = [], {}
     for name, ms, command in setups:
         wait_quiet(300)
@@ -212,6 +245,7 @@ def main(argv=None) -> int:
             server.terminate()
             server.wait(30)
         capacity[name, ms] = best
+    tmp.cleanup()
     offline = {ms: offline_capacity(model, ms, feats, 4 * args.max_clients) for ms in args.chunk_ms}
     lines = ["| model | chunk | clients | partial p50 | partial p95 | final p50 | final p95 | server CPU (cores) | "
              "clients' CPU (cores) | partials |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -222,13 +256,15 @@ def main(argv=None) -> int:
     lines += ["", "| model | chunk | real-time clients through the server (p95 partial <= chunk + 100 ms) | "
               "offline streams (runner alone, p95 step <= chunk) | server / offline |", "|---|---|---|---|---|"]
     for (name, ms), best in capacity.items():
-        off = offline.get(ms) if name == "demo" else None
+        off = offline.get(ms) if name == "demo, pytorch" else None
         ratio = f"{best / off:.2f}" if off else "-"
         lines.append(f"| {name} | {ms} ms | {best} | {off if off is not None else '-'} | {ratio} |")
     header = (f"`python bench/serve.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`")
               + f" — {os.cpu_count()} cores shared by server and clients; {args.threads} torch threads in the "
-              f"server; demo test utterances paced at real time; {args.window_s:g} s per level. The full geometry "
-              "has random weights (its blank raised: almost no tokens, so decoding is a lower bound). The clients "
+              f"server (ONNX Runtime: {os.cpu_count()} threads); demo test utterances paced at real time; "
+              f"{args.window_s:g} s per level. The full geometry has random weights (its blank raised: almost no "
+              "tokens, so decoding is a lower bound); its int8 graphs are `quantize_dir`'s default (dynamic). The "
+              "offline column is the PyTorch runner's, beside the PyTorch server's row. The clients "
               "(this process, aiohttp) use CPU on the same cores; their column shows how much of the machine they "
               "took from the server.")
     publish("Serving: WebSocket clients in real time", "\n".join([header, "", *lines]), args.write)
