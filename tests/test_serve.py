@@ -342,10 +342,10 @@ def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utter
 
 @pytest.mark.e2e
 def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
-    """One client sends half an hour of audio as fast as it can: the server stops reading its socket once it is
-    `max_backlog_s` ahead of decoding, so the audio it holds for the stream (queued and not yet featurised) stays
-    within that bound plus one message and a chunk, the client's sends block, and a second client is served
-    meanwhile."""
+    """One client tries to send 1 GiB of audio (9 hours) as fast as it can: the server stops reading its socket once
+    it is `max_backlog_s` ahead of decoding, so the audio it holds for the stream (queued and not yet featurised)
+    stays within that bound plus one message and a chunk, the process' RSS grows by less than 64 MB (the server
+    and the flooding client both live in it), the client's sends block, and a second client is served meanwhile."""
     import threading
     import time
 
@@ -363,12 +363,14 @@ def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
         return real_step()
 
     live.step = slow_step
-    # Half an hour: far more than the kernel's socket buffers take on loopback (~10 MB, 5 minutes of audio).
-    pcm = np.concatenate([utterances[0][1]] * (1800 * rate // len(utterances[0][1])))
-    held, flooder, done = [0], [], threading.Event()
+    # 1 GiB, sent from one 2-minute piece over and over (the test does not hold a GiB itself).
+    piece = np.concatenate([utterances[0][1]] * (120 * rate // len(utterances[0][1])))
+    total = (1 << 30) // 2
+    held, flooder, done, rss = [0], [], threading.Event(), [_rss(), 0]
 
     def watch():  # the audio the server holds for the flooding stream: queued, and taken in but not featurised
         while not done.is_set():
+            rss[1] = max(rss[1], _rss())
             if flooder:
                 queued = sum(len(x[2]) for x in list(live._inbox) if x[0] == "feed" and x[1] == flooder[0])
                 stream = live.streams.get(flooder[0])
@@ -380,8 +382,9 @@ def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
         async with aiohttp.ClientSession() as session, session.ws_connect(running.url + "/ws") as ws:
             flooder.append((await ws.receive_json())["stream"])
             began = time.monotonic()
-            while sent < len(pcm) and time.monotonic() - began < 4.0:
-                await ws.send_bytes(pcm[sent:sent + 3200].tobytes())  # 0.2 s per message
+            while sent < total and time.monotonic() - began < 4.0:
+                at = sent % (len(piece) - 3200)
+                await ws.send_bytes(piece[at:at + 3200].tobytes())  # 0.2 s per message
                 sent += 3200
         return sent
 
@@ -395,15 +398,25 @@ def test_a_flood_of_audio_is_held_back_not_buffered(bundle, utterances):
     finally:
         done.set()
         running.stop()
-    assert sent < len(pcm) / 2, f"{sent / rate:.0f} s of audio went out in 4 s: nothing held the client back"
+    assert sent < total / 100, f"{sent / rate:.0f} s of audio went out in 4 s: nothing held the client back"
     assert held[0] <= (2.0 + 0.2 + mode.chunk_ms / 1000 + 0.5) * rate, held[0] / rate
+    assert rss[1] - rss[0] < 64 << 20, f"RSS grew by {(rss[1] - rss[0]) >> 20} MB"
     assert other["final"]["tokens"] == utterances[1][2]
+
+
+def _rss() -> int:
+    """This process' resident set, in bytes (/proc)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 @pytest.mark.e2e
 def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, utterances):
-    """`python -m export serve` as a user runs it, two clients streaming without pause: SIGTERM closes both with a
-    `shutting_down` error and the process exits 0 within 5 s, without a traceback."""
+    """`python -m export serve` as a user runs it, two clients streaming without pause and a third flooding it
+    with audio as fast as it can (held back): SIGTERM closes all three with a `shutting_down` error and the process
+    exits 0 within 5 s, without a traceback."""
     import signal
     import socket
     import subprocess
@@ -431,13 +444,15 @@ def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, uttera
                 time.sleep(0.1)
         pcm = np.concatenate([utterances[0][1]] * 50)
 
-        async def stream(session, results):
+        async def stream(session, results, flood=False):
             async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
                 await ws.receive_json()
                 try:
-                    for k in range(0, len(pcm), 1600):
-                        await ws.send_bytes(pcm[k:k + 1600].tobytes())
-                        await asyncio.sleep(0.01)
+                    for k in range(0, 1000 * len(pcm) if flood else len(pcm), 1600):
+                        at = k % (len(pcm) - 1600)
+                        await ws.send_bytes(pcm[at:at + 1600].tobytes())
+                        if not flood:
+                            await asyncio.sleep(0.01)
                 except ConnectionError:
                     pass
                 async for msg in ws:
@@ -448,7 +463,7 @@ def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, uttera
         async def main():
             results = []
             async with aiohttp.ClientSession() as session:
-                clients = [asyncio.create_task(stream(session, results)) for _ in range(2)]
+                clients = [asyncio.create_task(stream(session, results, flood=k == 2)) for k in range(3)]
                 await asyncio.sleep(2.0)
                 began = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
@@ -460,7 +475,7 @@ def test_sigterm_tells_every_stream_and_exits_within_five_seconds(bundle, uttera
         took = time.monotonic() - began
     finally:
         proc.kill()
-    assert results == ["shutting_down"] * 2
+    assert results == ["shutting_down"] * 3
     assert proc.returncode == 0 and took <= 5.0, (proc.returncode, took)
     assert "Traceback" not in rest and "stopped" in rest, rest[-2000:]
 
