@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def start_server(command: list[str], threads: int) -> subprocess.Popen:
         if not line and proc.poll() is not None:
             raise SystemExit(f"server exited ({proc.returncode})")
         if "serving" in line:
+            # Keep reading its output (its JSON log: a line per connection): a pipe nobody reads fills up and
+            # blocks the server's event loop on its next print.
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc
     proc.kill()
     raise SystemExit("server did not start in 10 minutes")

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,66 @@ def test_sherpa_onnx_decodes_the_bundle_and_the_gate_decides_on_that_evidence(bu
     assert report["fp32"]["wer"] < 0.5, "precondition: the model recognises most of its words"
     print(f"{ms} ms: sherpa-onnx WER {100 * sherpa['wer']:.2f} %, ours {100 * report['fp32']['wer']:.2f} %, "
           f"identical texts {100 * sherpa['agreement_rate']:.0f} %, verdict {again['verdict']}")
+
+
+def test_the_parity_set_is_chosen_by_words(words_overrides, tmp_path, capsys):
+    """export.parity_min_words: the first utterances of the dev set holding at least that many reference words (the
+    fewest that do), said on the console; export.parity_max_utts caps them."""
+    from streamtune.config.loading import load_config
+    from streamtune.stages.export.__main__ import _parity_set
+
+    overrides = [*words_overrides, "export.parity_max_utts=0", "export.parity_min_words=30"]
+    utts = _parity_set(load_config(DEMO_RECIPE, overrides), tmp_path)
+    counts = [len(u.text.split()) for u in utts]
+    assert sum(counts) >= 30 > sum(counts[:-1])
+    assert f"parity set: {len(utts)} utterances, {sum(counts)} reference words" in capsys.readouterr().out
+    capped = _parity_set(load_config(DEMO_RECIPE, [*overrides, "export.parity_max_utts=3"]), tmp_path)
+    assert [u.id for u in capped] == [u.id for u in utts[:3]]
+    assert "fewer than export.parity_min_words=30" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_an_adapter_model_exports_with_its_adapters(bundle, words_overrides, tmp_path):
+    """The ten-word model fine-tuned with adapters (finetune.mode=adapters, train.py), then `export all` with the
+    default gates: parity passes, the ONNX encoders carry the adapters (their outputs are the adapted model's,
+    not the base's: the two differ far beyond the parity tolerance, and ONNX matches the adapted one within it),
+    the tokens are the adapted model's, and the bundle verifies."""
+    from streamtune.data.reading import load_utterances
+    from streamtune.export.onnx_decoder import OrtStreamingDecoder
+    from streamtune.model.build import load_model
+    from streamtune.model.chunks import chunk_modes
+    from streamtune.stages import train
+    from streamtune.stages.export.__main__ import main as export_main
+    from streamtune.streaming.runner import StreamingRunner
+
+    base = bundle / "model.nemo"
+    kept = [o for o in words_overrides if not o.startswith(("model.tokenizer_dir=", "run.output_dir=", "run.name=",
+                                                            "export.dist_dir=", "trainer."))]
+    assert train.main(["--config", str(DEMO_RECIPE), *kept, f"model.init_from={base}", "finetune.mode=adapters",
+                       "finetune.adapter_dim=16", "trainer.max_steps=40", "trainer.val_check_interval=40",
+                       "trainer.enable_progress_bar=false", "logger.wandb_mode=disabled",
+                       f"run.output_dir={tmp_path / 'runs'}", "run.name=adapted"]) == 0
+    adapted = next((tmp_path / "runs").glob("*/latest")).resolve() / "final.nemo"
+    assert export_main(["all", "--config", str(DEMO_RECIPE), "--model", str(adapted), *kept,
+                        f"export.dist_dir={tmp_path / 'dist'}", "run.name=adapted"]) == 0
+    out = tmp_path / "dist" / "adapted"
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    assert export_main(["verify", "--bundle", str(out)]) == 0
+    utts = load_utterances(value_of(words_overrides, "data.dev"), 10)
+    tuned, plain = load_model(adapted), load_model(base)
+    assert any("adapter" in name for name, _ in tuned.named_parameters())
+    for mode in chunk_modes(tuned):
+        runner, runner_base = (StreamingRunner(m, batch_size=4, feeding="export") for m in (tuned, plain))
+        feats = [runner.features(u.audio) for u in utts]
+        ours = runner.streaming(mode, feats, keep_encoded=True)
+        theirs = runner_base.streaming(mode, feats, keep_encoded=True)
+        decoder = OrtStreamingDecoder(out / "onnx" / f"{mode.chunk_ms}ms")
+        for k, f in enumerate(feats):
+            tokens, encoded = decoder.decode(f.numpy(), keep_encoded=True)
+            assert tokens == ours.tokens[k], (mode.chunk_ms, k)
+            onnx_vs_adapted = float(np.abs(encoded - ours.encoded[k].numpy()).max())
+            adapted_vs_base = float((ours.encoded[k] - theirs.encoded[k]).abs().max())
+            assert onnx_vs_adapted < 1e-4 < adapted_vs_base / 100, (mode.chunk_ms, onnx_vs_adapted, adapted_vs_base)
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

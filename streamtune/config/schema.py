@@ -192,10 +192,15 @@ class EvalConfig:
 class ExportConfig:
     name: Optional[str] = None  # bundle name; default run.name
     dist_dir: str = "dist"
-    # Parity set: cuts file (default data.dev, else data.test, else generated speech) and how many
-    # utterances of it to use (0 = all).
+    # Parity set (the evidence every export gate decides on): a cuts file (default data.dev, else data.test, else
+    # generated speech), its first utterances holding at least parity_min_words reference words (0: all of it),
+    # at most parity_max_utts of them (0: no cap). 500 words make one word 0.2 WER points, a tenth of the 2-point
+    # sherpa-onnx and int8 gates: two decoders must differ by ten words before a gate can fail, and the paired
+    # bootstrap resolves a gate on it unless the difference is close to the margin (then: inconclusive, with the
+    # words that would settle it).
     parity_cuts: Optional[str] = None
-    parity_max_utts: int = 64
+    parity_min_words: int = 500
+    parity_max_utts: int = 0
     # Encoder-output max abs difference allowed between streaming and offline (and ONNX vs PyTorch).
     parity_atol: float = 1e-4
     # int8 copies of the ONNX files: every variant listed is made and scored on the parity set, the one with

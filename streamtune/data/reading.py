@@ -102,15 +102,18 @@ def read_utterance(cut) -> Utterance:
                      float(getattr(cut, "start", 0.0)), turns)
 
 
-def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float = 0.0) -> list[Utterance]:
+def load_utterances(cuts_path: str | Path, max_utts: int = 0, max_audio_s: float = 0.0,
+                    min_words: int = 0) -> list[Utterance]:
     """Load (resampled to 16 kHz mono) audio and transcripts of a cuts file or Shar dir, in stored order: all of
-    them, or the first ``max_utts`` / the first holding at least ``max_audio_s`` seconds.
+    them, or the first ``max_utts`` / the first holding at least ``max_audio_s`` seconds / ``min_words``
+    reference words (whichever comes first).
 
     Everything in memory: for parity sets and tests. Test sets of any size go through :func:`utterance_batches`.
     """
     utts = []
     for cut in _open_cuts(cuts_path):
-        if (max_utts and len(utts) >= max_utts) or (max_audio_s and sum(u.duration_s for u in utts) >= max_audio_s):
+        if (max_utts and len(utts) >= max_utts) or (max_audio_s and sum(u.duration_s for u in utts) >= max_audio_s) \
+                or (min_words and sum(len(u.text.split()) for u in utts) >= min_words):
             break
         check_safe(cut, str(cuts_path))
         utts.append(read_utterance(cut))

@@ -44,7 +44,12 @@ def _parity_set(cfg, bundle: Path):
         print(f"no parity set in the recipe (export.parity_cuts, data.dev, data.test): generating {n} utterances")
         cuts = prepare_synthetic(bundle.parent / f".{bundle.name}-parity-speech", num_train=0, num_dev=0,
                                  num_test=n, seed=0, id_prefix="parity")["test"]
-    return load_utterances(cuts, cfg.export.parity_max_utts)
+    want = int(cfg.export.parity_min_words or 0)
+    utts = load_utterances(cuts, cfg.export.parity_max_utts, min_words=want)
+    words = sum(len(u.text.split()) for u in utts)
+    short = f"; fewer than export.parity_min_words={want}: the gates may be inconclusive" if words < want else ""
+    print(f"parity set: {len(utts)} utterances, {words} reference words from {cuts}{short}")
+    return utts
 
 
 def run_parity(model, model_path: str, bundle: Path, cfg, modes, utts) -> int:
@@ -89,7 +94,7 @@ def _report(payload: dict, path: Path, table: str, failure: str, success: str) -
         return 1
     undecided = payload.get("inconclusive") or []
     print(f"{success}; wrote {path}" + (f"; {len(undecided)} gate(s) INCONCLUSIVE on this parity set (above; "
-                                        "export.parity_max_utts or export.parity_cuts gives them more evidence)"
+                                        "export.parity_min_words or export.parity_cuts gives them more evidence)"
                                         if undecided else ""))
     return 0
 
