@@ -34,6 +34,7 @@ ALLOWED = {
                                      "ConformerEncoder", "ConformerEncoderAdapter", "RNNTDecoder", "RNNTJoint",
                                      "ConvASRDecoder"),
     "nemo.collections.common.parts.adapter_modules": ("LinearAdapter",),
+    "nemo.core.classes.mixins.adapter_mixin_strategies": ("ResidualAddAdapterStrategy",),  # how adapters add in
 }
 MAX_CONFIG_BYTES = 4 << 20  # a model config is a few KiB
 
