@@ -149,7 +149,9 @@ def test_an_adapter_model_exports_with_its_adapters(bundle, words_overrides, tmp
     base = bundle / "model.nemo"
     kept = [o for o in words_overrides if not o.startswith(("model.tokenizer_dir=", "run.output_dir=", "run.name=",
                                                             "export.dist_dir=", "trainer."))]
-    assert train.main(["--config", str(DEMO_RECIPE), *kept, f"model.init_from={base}", "finetune.mode=adapters",
+    # model.tokenizer_dir=null: the start point's own tokenizer (the recipe's would replace it).
+    assert train.main(["--config", str(DEMO_RECIPE), *kept, f"model.init_from={base}", "model.tokenizer_dir=null",
+                       "finetune.mode=adapters",
                        "finetune.adapter_dim=16", "trainer.max_steps=40", "trainer.val_check_interval=40",
                        "trainer.enable_progress_bar=false", "logger.wandb_mode=disabled",
                        f"run.output_dir={tmp_path / 'runs'}", "run.name=adapted"]) == 0
@@ -162,6 +164,7 @@ def test_an_adapter_model_exports_with_its_adapters(bundle, words_overrides, tmp
     utts = load_utterances(value_of(words_overrides, "data.dev"), 10)
     tuned, plain = load_model(adapted), load_model(base)
     assert any("adapter" in name for name, _ in tuned.named_parameters())
+    assert tuned.tokenizer.vocab_size == plain.tokenizer.vocab_size
     for mode in chunk_modes(tuned):
         runner, runner_base = (StreamingRunner(m, batch_size=4, feeding="export") for m in (tuned, plain))
         feats = [runner.features(u.audio) for u in utts]
