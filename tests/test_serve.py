@@ -312,16 +312,23 @@ def test_a_failing_step_fails_its_streams_only_and_serving_goes_on(bundle, utter
 
     def broken_once(*args):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 1:  # the first batched step: there always is one
             raise RuntimeError("injected")
         return real(*args)
 
     live._step_group = broken_once
+    # Sessions of four utterances: longer than the backlog allowed ahead (two 1120 ms chunks and 0.1 s), so that
+    # the clients are held back while the failure happens.
+    from streamtune.streaming.runner import StreamingRunner
+
+    pcms = [np.concatenate([utterances[(k + j) % len(utterances)][1] for j in range(4)]) for k in range(3)]
+    runner = StreamingRunner(model, batch_size=3)
+    expected = runner.streaming(mode, [runner.features(p.astype(np.float32) / 32768) for p in pcms]).tokens
     try:
-        results = _run_clients(running.url, [pcm for _, pcm, _ in utterances[:3]])
+        results = _run_clients(running.url, pcms)
         failed = [r for r in results if r["errors"]]
         assert failed and all(r["errors"][0]["code"] == "internal" and r["final"] is None for r in failed)
-        for (_, _, tokens), r in zip(utterances[:3], results):
+        for tokens, r in zip(expected, results):
             assert r["errors"] or r["final"]["tokens"] == tokens
         assert _run_clients(running.url, [utterances[3][1]])[0]["final"]["tokens"] == utterances[3][2]
         assert json.loads(urllib.request.urlopen(running.url + "/info").read())["streams"] == 0

@@ -169,15 +169,6 @@ class OrtLiveStreams(LiveStreams):
         encoded, enc_len, channel, time_, channel_len = self.encoder.run(
             None, dict(zip(self._enc_in, [window, lengths, *caches])))
         hyps = self._greedy(encoded, [int(x) for x in enc_len], [s.hyp for s, _, _ in members])
-        updates = []
-        for j, (s, _, end) in enumerate(members):
-            s.cache = (channel[j:j + 1], time_[j:j + 1], channel_len[j:j + 1])
-            s.hyp = hyps[j]
-            covered = self._at_s(end)
-            closed = s.turns.step(list(s.hyp.tokens), list(s.hyp.stamps), int(enc_len[j]), covered)
-            s.start, s.step = end, s.step + 1
-            if closed is None:
-                updates.append(self._update(s, s.turns.index, s.turns.tokens, s.turns.emit_s, covered))
-            else:
-                updates.append(self._close(s, closed, covered))
-        return updates
+        return [self._advance(s, end, (channel[j:j + 1], time_[j:j + 1], channel_len[j:j + 1]), hyps[j],
+                              list(hyps[j].tokens), list(hyps[j].stamps), int(enc_len[j]), self._at_s(end))
+                for j, (s, _, end) in enumerate(members)]

@@ -327,18 +327,22 @@ class LiveStreams:
         encoded, enc_len, (next_channel, next_time, next_len) = encoder_step(enc, window, window_len, cache, drop)
         hyps = decoder_step(self.model, encoded, enc_len, None if first else [s.hyp for s, _, _ in members])
         hop_s = self.hop / self.sample_rate
-        updates = []
-        for j, (s, _, end) in enumerate(members):
-            s.cache = (next_channel[:, j:j + 1].clone(), next_time[:, j:j + 1].clone(), next_len[j:j + 1].clone())
-            s.hyp = hyps[j]
-            covered = (min(end, s.frames_total) if s.ended else end) * hop_s
-            closed = s.turns.step(hypothesis_tokens(s.hyp), hypothesis_stamps(s.hyp), int(enc_len[j]), covered)
-            s.start, s.step = end, s.step + 1
-            if closed is None:
-                updates.append(self._update(s, s.turns.index, s.turns.tokens, s.turns.emit_s, covered))
-            else:
-                updates.append(self._close(s, closed, covered))
-        return updates
+        return [self._advance(s, end, (next_channel[:, j:j + 1].clone(), next_time[:, j:j + 1].clone(),
+                                       next_len[j:j + 1].clone()), hyps[j], hypothesis_tokens(hyps[j]),
+                              hypothesis_stamps(hyps[j]), int(enc_len[j]),
+                              (min(end, s.frames_total) if s.ended else end) * hop_s)
+                for j, (s, _, end) in enumerate(members)]
+
+    def _advance(self, s: _Stream, end: int, cache, hyp, tokens: list[int], stamps: list[int], n_frames: int,
+                 covered_s: float) -> Update:
+        """A stream after a step that decoded up to frame ``end``: its caches and hypothesis, and its partial (or
+        the final of the segment the step closed)."""
+        s.cache, s.hyp = cache, hyp
+        closed = s.turns.step(tokens, stamps, n_frames, covered_s)
+        s.start, s.step = end, s.step + 1
+        if closed is None:
+            return self._update(s, s.turns.index, s.turns.tokens, s.turns.emit_s, covered_s)
+        return self._close(s, closed, covered_s)
 
     def _close(self, s: _Stream, segment, covered_s: float, last: bool = False) -> Update:
         """A segment's final; the stream's decoder starts afresh (its encoder caches too with ``reset_encoder``)."""
