@@ -706,6 +706,7 @@ def _metrics(url: str, headers: dict | None = None) -> dict[str, float]:
             for family in text_string_to_metric_families(text) for name, labels, value, *_ in family.samples}
 
 
+@pytest.mark.e2e
 def test_a_client_that_never_reads_is_dropped_and_what_waits_for_it_is_bounded(bundle, utterances, capfd):
     """A client streams audio as fast as the server takes it and never reads a result: once its socket buffers
     are full, the server's next send cannot go out; after `send_timeout_s` the client is dropped (its stream and
