@@ -10,9 +10,30 @@ streaming fed the same way (``onnx_check``).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+
+
+def ort_session(path: Path, threads: int = 1, sha256: str | None = None):
+    """An ONNX Runtime CPU session of ``path``; with ``sha256``, built from the very bytes read and checked (a file
+    swapped after ``verify`` is refused). A graph with external weights (over 2 GB) is loaded by path."""
+    import onnxruntime as ort
+
+    from streamtune.errors import UserError
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    path = Path(path)
+    external = any(p.name.startswith(path.name + ".") for p in path.parent.iterdir())
+    if sha256 is None or external:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path}: its bytes are not those verify checked (the file changed); not loaded")
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 class OrtStreamingDecoder:
@@ -23,16 +44,12 @@ class OrtStreamingDecoder:
     greedy decoding (``decoding.greedy.max_symbols``).
     """
 
-    def __init__(self, mode_dir: str | Path, max_symbols: int = 10, threads: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        mode_dir = Path(mode_dir)
-        self.encoder = ort.InferenceSession(str(mode_dir / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(mode_dir / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.joiner = ort.InferenceSession(str(mode_dir / "joiner.onnx"), opts, providers=["CPUExecutionProvider"])
+    def __init__(self, mode_dir: str | Path, max_symbols: int = 10, threads: int = 1,
+                 hashes: dict[str, str] | None = None):
+        # hashes: sha256 per file name (a bundle manifest's), to load exactly the bytes verify checked.
+        mode_dir, hashes = Path(mode_dir), hashes or {}
+        self.encoder, self.decoder, self.joiner = (ort_session(mode_dir / f"{n}.onnx", threads, hashes.get(f"{n}.onnx"))
+                                                   for n in ("encoder", "decoder", "joiner"))
         meta = self.encoder.get_modelmeta().custom_metadata_map
         self.window = int(meta["window_size"])
         self.shift = int(meta["chunk_shift"])

@@ -11,7 +11,6 @@ runs its kernels on every core (``threads``) and releases the GIL while it does.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from streamtune.errors import UserError
+from streamtune.export.onnx_decoder import OrtStreamingDecoder
 from streamtune.streaming.live import LiveStreams, Update
 
 
@@ -35,23 +35,6 @@ class _Hyp:
     c: np.ndarray  # [L, H]
 
 
-def _session(path: Path, sha256: str | None, threads: int):
-    """An ONNX Runtime session of ``path``; with ``sha256``, built from the very bytes read and checked (a file
-    swapped after verify is refused). A graph with external weights (over 2 GB) is loaded by path."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    external = any(p.name.startswith(path.name + ".") for p in path.parent.iterdir())
-    if sha256 is None or external:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise UserError(f"{path}: its bytes are not those verify checked (the file changed); not loaded")
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
 class OrtLiveStreams(LiveStreams):
     """:class:`LiveStreams` stepping a bundle's ONNX graphs of one chunk mode (``mode_dir``: ``onnx/<ms>ms`` or
     ``onnx/<ms>ms-int8``). ``hashes``: the manifest's sha256 per file name, to load exactly the verified bytes."""
@@ -59,26 +42,14 @@ class OrtLiveStreams(LiveStreams):
     def __init__(self, model, mode, mode_dir: Path, max_batch: int = 256, endpoint=None, threads: int = 2,
                  max_symbols: int = 10, hashes: dict[str, str] | None = None):
         super().__init__(model, mode, device="cpu", max_batch=max_batch, endpoint=endpoint)
-        hashes = hashes or {}
-        self.encoder, self.decoder, self.joiner = (_session(mode_dir / f"{n}.onnx", hashes.get(f"{n}.onnx"), threads)
-                                                   for n in ("encoder", "decoder", "joiner"))
-        meta = self.encoder.get_modelmeta().custom_metadata_map
-        if int(meta["chunk_ms"]) != mode.chunk_ms or int(meta["pre_encode_cache_size"]) != self.geometry.pre_cache \
-                or int(meta["chunk_shift"]) != self.geometry.chunk:
+        # The graphs, their metadata and the one-stream decoder call: export's own ONNX Runtime decoder's.
+        self.ort = ort = OrtStreamingDecoder(mode_dir, max_symbols, threads, hashes)
+        meta = ort.encoder.get_modelmeta().custom_metadata_map
+        if int(meta["chunk_ms"]) != mode.chunk_ms or ort.pre_cache != self.geometry.pre_cache \
+                or ort.shift != self.geometry.chunk:
             raise UserError(f"{mode_dir}: its encoder is for {meta['chunk_ms']} ms chunks (shift "
-                            f"{meta['chunk_shift']}, cache {meta['pre_encode_cache_size']}), not this model's "
-                            f"{mode.chunk_ms} ms mode")
-        self.pre_cache, self.shift = self.geometry.pre_cache, self.geometry.chunk
-        self.blank = int(meta["vocab_size"])
-        self.layers, self.hidden = int(meta["pred_rnn_layers"]), int(meta["pred_hidden"])
-        self.cache_shapes = ((int(meta["cache_last_channel_dim1"]), int(meta["cache_last_channel_dim2"]),
-                              int(meta["cache_last_channel_dim3"])),
-                             (int(meta["cache_last_time_dim1"]), int(meta["cache_last_time_dim2"]),
-                              int(meta["cache_last_time_dim3"])))
-        self.max_symbols = max_symbols
-        self._enc_in = [i.name for i in self.encoder.get_inputs()]
-        self._dec_in = [i.name for i in self.decoder.get_inputs()]
-        self._join_in = [i.name for i in self.joiner.get_inputs()]
+                            f"{ort.shift}, cache {ort.pre_cache}), not this model's {mode.chunk_ms} ms mode")
+        self.pre_cache, self.shift, self.blank = ort.pre_cache, ort.shift, ort.blank
         # Export feeding: the silence before the audio (StreamingRunner.silence_frames), the first window's cache.
         self.lead_frames = self.pre_cache + self.geometry.subsampling - 1
         # Features in float64 (the preprocessor alone: a filterbank, no weights to speak of), cast to the graphs'
@@ -109,16 +80,14 @@ class OrtLiveStreams(LiveStreams):
         joiner (per frame) batched."""
         outs, hs, cs = [], [], []
         for j, token in enumerate(tokens.tolist()):
-            out = self.decoder.run(None, dict(zip(self._dec_in, [np.array([[token]], dtype=np.int32),
-                                                                 np.ones(1, dtype=np.int32), h[:, j:j + 1],
-                                                                 c[:, j:j + 1]])))
-            outs.append(out[0][:, :, 0])
-            hs.append(out[2])
-            cs.append(out[3])
+            out, (h_j, c_j) = self.ort._predict(token, (h[:, j:j + 1], c[:, j:j + 1]))
+            outs.append(out[:, :, 0])
+            hs.append(h_j)
+            cs.append(c_j)
         return np.concatenate(outs), np.concatenate(hs, axis=1), np.concatenate(cs, axis=1)
 
     def _fresh(self, n: int) -> list[_Hyp]:
-        zeros = np.zeros((self.layers, n, self.hidden), dtype=np.float32)
+        zeros = np.zeros((self.ort.pred_layers, n, self.ort.pred_hidden), dtype=np.float32)
         out, h, c = self._predict(np.full(n, self.blank), zeros, zeros)
         return [_Hyp([], [], 0, out[j], h[:, j], c[:, j]) for j in range(n)]
 
@@ -134,10 +103,10 @@ class OrtLiveStreams(LiveStreams):
         n_frames = np.asarray(lengths)
         for t in range(int(n_frames.max(initial=0))):
             active = np.flatnonzero(n_frames > t)
-            for _ in range(self.max_symbols):
+            for _ in range(self.ort.max_symbols):
                 if active.size == 0:
                     break
-                logits = self.joiner.run(None, dict(zip(self._join_in, [encoded[active, :, t:t + 1],
+                logits = self.ort.joiner.run(None, dict(zip(self.ort._join_in, [encoded[active, :, t:t + 1],
                                                                         out[active][:, :, None]])))[0]
                 best = logits.reshape(len(active), -1)[:, : self.blank + 1].argmax(axis=1)
                 emitting = best != self.blank
@@ -163,11 +132,11 @@ class OrtLiveStreams(LiveStreams):
             window[j, :, : frames.shape[1]] = frames.float().numpy()
             lengths[j] = frames.shape[1]
             if s.cache is None:
-                s.cache = (np.zeros((1, *self.cache_shapes[0]), dtype=np.float32),
-                           np.zeros((1, *self.cache_shapes[1]), dtype=np.float32), np.zeros(1, dtype=np.int64))
+                s.cache = (np.zeros(self.ort.cache_channel, dtype=np.float32),
+                           np.zeros(self.ort.cache_time, dtype=np.float32), np.zeros(1, dtype=np.int64))
         caches = [np.concatenate([s.cache[k] for s, _, _ in members]) for k in range(3)]
-        encoded, enc_len, channel, time_, channel_len = self.encoder.run(
-            None, dict(zip(self._enc_in, [window, lengths, *caches])))
+        encoded, enc_len, channel, time_, channel_len = self.ort.encoder.run(
+            None, dict(zip(self.ort._enc_in, [window, lengths, *caches])))
         hyps = self._greedy(encoded, [int(x) for x in enc_len], [s.hyp for s, _, _ in members])
         return [self._advance(s, end, (channel[j:j + 1], time_[j:j + 1], channel_len[j:j + 1]), hyps[j],
                               list(hyps[j].tokens), list(hyps[j].stamps), int(enc_len[j]), self._at_s(end))
