@@ -190,3 +190,18 @@ def read_offline_history(wandb_file: str | Path) -> list[dict]:
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                              for item in record.history.item})
     return rows
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
+
+def shar_cuts(out: Path, split: str = "train") -> dict:
+    """id -> cut (audio in memory) of the Lhotse Shar shards a sharded data_prep run wrote under ``out``."""
+    from lhotse import CutSet
+
+    return {c.id: c for c in CutSet.from_shar(in_dir=out / "shar" / split)}
+
+
+def loose_audio_files(root: Path) -> list[Path]:
+    """Every audio file under ``root`` (sharded preparation must write none)."""
+    return [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES]

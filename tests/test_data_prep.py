@@ -13,6 +13,7 @@ import soundfile as sf
 from lhotse import CutSet
 
 from streamtune.stages.data_prep.__main__ import main
+from tests.helpers import loose_audio_files, shar_cuts
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +210,12 @@ def test_shar_export_is_read_by_nemo_lhotse_dataloader(speech, corpus, tmp_path)
     assert sorted(texts) == sorted(expected)
 
 
-def test_nemo_tarred_shards(speech, tmp_path):
+def test_nemo_tarred_shards(speech, corpus, tmp_path):
     import tarfile
+
+    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
+    from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
+    from nemo.collections.common.tokenizers import SentencePieceTokenizer
 
     for shard, chunk in enumerate((speech[:3], speech[3:5])):
         with tarfile.open(tmp_path / f"audio_{shard}.tar", "w") as tar:
@@ -223,13 +228,25 @@ def test_nemo_tarred_shards(speech, tmp_path):
         _write_manifest(tmp_path / f"manifest_{shard}.json", entries)
     out = tmp_path / "out"
     assert main(["nemo-tarred", "--manifest", str(tmp_path / "manifest_*.json"), "--tar", str(tmp_path / "audio_*.tar"),
-                 "--out", str(out)]) == 0
-    cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
+                 "--out", str(out), "--num-jobs", "1"]) == 0
+    assert not loose_audio_files(out), "the audio stays in tars: the input's, and the Shar shards'"
+    cuts = shar_cuts(out)
     expected = {p.stem: t for p, t, _ in speech[:3] + speech[4:5]}
     assert {k: c.supervisions[0].text for k, c in cuts.items()} == expected
-    assert all(c.load_audio().shape[-1] > 0 for c in cuts.values())
+    for path, _, _ in speech[:3] + speech[4:5]:  # whole 16 kHz mono WAV members are copied, not re-encoded
+        assert cuts[path.stem].recording.sources[0].source == path.read_bytes()
     reasons = sorted(r["reason"] for r in _rejected(out))
     assert reasons == ["missing_audio", "no_manifest_entry"]
+    # NeMo's own loader reads the Shar shards back.
+    tokenizer = SentencePieceTokenizer(str(corpus / "tokenizer" / "tokenizer.model"))
+    loader = get_lhotse_dataloader_from_config(
+        {"shar_path": str(out / "shar" / "train"), "batch_size": 2, "num_workers": 0, "shuffle": False,
+         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
+        global_rank=0, world_size=1,
+        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
+    )
+    texts = [tokenizer.ids_to_text(t[:n].tolist()) for batch in loader for t, n in zip(batch[2], batch[3])]
+    assert sorted(texts) == sorted(expected.values())
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
@@ -248,8 +265,9 @@ def test_hf_dataset_with_embedded_audio_bytes(speech, tmp_path, layout):
         ds.to_parquet(str(source))
     out = tmp_path / "out"
     assert main(["hf", "--dataset", str(source), "--text-column", "sentence", "--id-column", "utt",
-                 "--out", str(out)]) == 0
-    cuts = {c.id: c for c in CutSet.from_file(out / "cuts_train.jsonl.gz")}
+                 "--out", str(out), "--num-jobs", "1"]) == 0
+    assert not loose_audio_files(out)
+    cuts = shar_cuts(out)
     assert {k: c.supervisions[0].text for k, c in cuts.items()} == {f"u{i}": speech[i][1] for i in range(4)}
     assert cuts["u1"].custom["speaker"] == "b"
     assert abs(cuts["u0"].duration - speech[0][2]) < 1e-3
@@ -296,3 +314,78 @@ def test_evaluation_reads_a_shar_dir_like_its_cuts_file(corpus, tmp_path):
     for key, u in from_cuts.items():
         assert u.text == from_shar[key].text
         assert np.abs(u.audio - from_shar[key].audio).max() < 1e-3  # flac round trip of 16-bit audio
+
+
+def _tarred_corpus(speech, root: Path) -> Path:
+    """Four NeMo tarred shards: a corrupt member, a member named with ``../``, an id that two shards hold, a tar cut
+    in half."""
+    import tarfile
+
+    root.mkdir()
+    shards = {0: [(p, p.name, t, d) for p, t, d in speech[:3]],
+              1: [(speech[3][0], "../up.wav", "up", speech[3][2]),
+                  (speech[0][0], speech[0][0].name, "again", speech[0][2])],
+              2: [(p, p.name, t, d) for p, t, d in speech[4:6]],
+              3: [(p, "x" + p.name, t, d) for p, t, d in speech[1:3]]}
+    corrupt = root / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage" * 7)
+    shards[0].append((corrupt, "corrupt.wav", "broken", 1.0))
+    for shard, members in shards.items():
+        with tarfile.open(root / f"audio_{shard}.tar", "w") as tar:
+            for path, name, _, _ in members:
+                tar.add(path, arcname=name)
+        _write_manifest(root / f"manifest_{shard}.json", [{"audio_filepath": Path(name).name, "duration": d, "text": t}
+                                                          for _, name, t, d in members])
+    corrupt.unlink()
+    data = (root / "audio_2.tar").read_bytes()
+    (root / "audio_2.tar").write_bytes(data[: len(data) * 3 // 4])
+    return root
+
+
+def test_two_tasks_and_merge_equal_one_run(speech, tmp_path, capsys):
+    from tests.helpers import one_line_error
+
+    corpus = _tarred_corpus(speech, tmp_path / "in")
+    source = ["nemo-tarred", "--manifest", str(corpus / "manifest_*.json"), "--tar", str(corpus / "audio_*.tar")]
+    one = tmp_path / "one"
+    assert main(source + ["--out", str(one), "--num-jobs", "1"]) == 0
+    two = tmp_path / "two"
+    assert main(source + ["--out", str(two), "--shard-index", "0", "--num-shards", "2", "--num-jobs", "2"]) == 0
+    capsys.readouterr()
+    one_line_error(main(["merge", "--out", str(two)]), capsys.readouterr().err, "task-1-of-2", "unfinished")
+    assert main(source + ["--out", str(two), "--shard-index", "1", "--num-shards", "2", "--num-jobs", "1"]) == 0
+    assert main(["merge", "--out", str(two)]) == 0
+
+    for out in (one, two):
+        assert not loose_audio_files(out)
+        assert sorted(p.name for p in (out / "shar" / "train").iterdir()) == [
+            f"{field}.{i:06d}.{ext}" for field, ext in (("cuts", "jsonl.gz"), ("recording", "tar")) for i in range(4)]
+    assert sorted(p.name for p in corpus.iterdir()) == [f"{kind}_{i}.{ext}" for kind, ext in (("audio", "tar"),
+                                                                                             ("manifest", "json"))
+                                                        for i in range(4)], "nothing is extracted"
+    kept = {out: {k: c.supervisions[0].text for k, c in shar_cuts(out).items()} for out in (one, two)}
+    assert kept[one] == kept[two]
+    assert kept[one][speech[0][0].stem] == speech[0][1], "the first shard keeps an id two shards hold"
+    assert kept[one]["up"] == "up" and "again" not in kept[one].values()
+    assert _report(one) == _report(two)
+    assert _rejected(one) == _rejected(two)
+    reasons = sorted(r["reason"] for r in _rejected(one))
+    assert reasons[:2] == ["corrupt_tar", "duplicate_id"] and "undecodable_audio" in reasons, reasons
+    report = _report(one)
+    assert report["kept"] + report["rejected"] == report["read"] == 10 and report["kept"] == len(kept[one])
+
+    # A rerun of one task redoes only its own shards.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (two / "shards").glob("*.json")}
+    assert main(source + ["--out", str(two), "--shard-index", "1", "--num-shards", "2", "--num-jobs", "1",
+                          "--force"]) == 0
+    assert main(["merge", "--out", str(two)]) == 0
+    changed = {p.name for p in (two / "shards").glob("*.json") if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {"000001.json", "000003.json"}
+    assert {k: c.supervisions[0].text for k, c in shar_cuts(two).items()} == kept[one]
+    assert _report(two) == _report(one)
+
+    # A task of another split of the work overlaps this one's: named, not merged.
+    assert main(source + ["--out", str(two), "--shard-index", "0", "--num-shards", "3", "--num-jobs", "1"]) == 0
+    capsys.readouterr()
+    one_line_error(main(["merge", "--out", str(two)]), capsys.readouterr().err, "task-0-of-2", "task-0-of-3",
+                   "overlap")

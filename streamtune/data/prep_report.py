@@ -34,8 +34,64 @@ class Report:
         self.edges = np.linspace(0.0, max(self.max_duration_s, 1.0), 21)
         self.hist = np.zeros(20, dtype=np.int64)
 
+    def _bin(self, seconds: float) -> int:
+        return min(19, max(0, int(np.searchsorted(self.edges, seconds, side="right")) - 1))
+
     def add_duration(self, seconds: float) -> None:
-        self.hist[min(19, max(0, int(np.searchsorted(self.edges, seconds, side="right")) - 1))] += 1
+        self.hist[self._bin(seconds)] += 1
+
+    def keep(self, split: str, seconds: float, text: str, notes=()) -> None:
+        """Count one kept item."""
+        self.per_split[split] += 1
+        self.kept += 1
+        self.kept_s += seconds
+        self.add_duration(seconds)
+        self.notes.update(notes)
+        self.chars.update(text)
+        self.style.add(text)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.reasons[reason] += 1
+
+    def unkeep(self, split: str, seconds: float, text: str, notes, reason: str) -> None:
+        """A kept item turns out to be rejected after all (an id kept by an earlier shard): undo :meth:`keep`."""
+        self.per_split[split] -= 1
+        self.kept -= 1
+        self.kept_s -= seconds
+        self.hist[self._bin(seconds)] -= 1
+        self.notes.subtract(notes)
+        self.chars.subtract(text)
+        self.style.remove(text)
+        self.reject(reason)
+        for counter in (self.per_split, self.notes, self.chars):
+            for key in [k for k, v in counter.items() if v <= 0]:
+                del counter[key]
+
+    def state(self) -> dict:
+        """Everything the report counts, exactly (:meth:`from_state` and ``+=`` rebuild and add reports)."""
+        return {"max_duration_s": self.max_duration_s, "read": self.read, "kept": self.kept,
+                "rejected": self.rejected, "kept_s": self.kept_s, "reasons": dict(self.reasons),
+                "notes": dict(self.notes), "chars": dict(self.chars), "per_split": dict(self.per_split),
+                "hist": self.hist.tolist(), "style": self.style.counts()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Report:
+        report = cls(max_duration_s=state["max_duration_s"])
+        report += state
+        return report
+
+    def __iadd__(self, other: Report | dict) -> Report:
+        state = other.state() if isinstance(other, Report) else other
+        self.read += state["read"]
+        self.kept += state["kept"]
+        self.rejected += state["rejected"]
+        self.kept_s += state["kept_s"]
+        for name in ("reasons", "notes", "chars", "per_split"):
+            getattr(self, name).update(state[name])
+        self.hist += np.asarray(state["hist"], dtype=np.int64)
+        self.style += TextStyle(**state["style"])
+        return self
 
     def as_dict(self) -> dict:
         return {

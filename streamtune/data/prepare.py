@@ -1,6 +1,6 @@
 """The source subcommands (nemo, granary, nemo-tarred, hf, folder, lhotse): read the source, validate every item,
-write the cuts, the rejections and the report (and Shar shards); skipped when the inputs and options are those
-of the last finished run."""
+write the cuts (or, for sharded sources, Shar shards), the rejections and the report; skipped when the inputs and
+options are those of the last finished run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from streamtune.data import sources
 from streamtune.data.stamp import Stamp, key_of
 from streamtune.data.validate import ValidationConfig, split_by_ratio, tokenizer_alphabet, write_validated
 from streamtune.errors import UserError
+
+SHARDED = ("nemo-tarred", "hf")
 
 
 def _parse_ratios(text: str) -> dict[str, float]:
@@ -40,22 +42,18 @@ def _input_files(args) -> list[str]:
 
 def _inputs_key(args) -> str:
     """Options plus size and mtime of every input file: re-running with the same inputs skips the work."""
-    opts = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "num_jobs", "func")}
+    opts = {k: v for k, v in sorted(vars(args).items())
+            if k not in ("force", "num_jobs", "func", "shard_index", "num_shards", "threads_per_job")}
     return key_of(opts, [(f, os.stat(f).st_size,
                           os.stat(f).st_mtime_ns) for f in _input_files(args) if os.path.exists(f)])
 
 
-def _items(args, out: Path):
-    """The source's items, as the subcommand names it."""
+def _items(args):
+    """The items of a source that is not sharded, as the subcommand names it."""
     if args.command == "folder":
         return sources.folder(args.dir, args.transcripts)
     if args.command == "lhotse":
         return sources.lhotse_cuts(args.cuts)
-    if args.command == "nemo-tarred":
-        return sources.nemo_tarred(args.manifest, args.tar, out / "audio", text_key=args.text_key, language=args.lang)
-    if args.command == "hf":
-        return sources.hf_dataset(args.dataset, out / "audio", audio_column=args.audio_column,
-                                  text_column=args.text_column, id_column=args.id_column, split=args.hf_split)
     return sources.nemo_manifests(args.manifest, text_key=args.text_key, language=args.lang,
                                   read_header=not args.no_audio_check)
 
@@ -69,27 +67,53 @@ def _refuse_writing_inputs(args, out: Path, splits: list[str]) -> None:
 
 
 def prepare_source(args) -> None:
-    """nemo / granary / nemo-tarred / hf / folder / lhotse (``args`` as ``python -m data_prep`` parses them)."""
+    """nemo / granary / nemo-tarred / hf / folder / lhotse (``args`` as ``python -m data_prep`` parses them).
+
+    nemo-tarred and hf are sharded sources: prepared in place into Lhotse Shar, split across tasks
+    (:mod:`streamtune.data.shards`); the others write ``cuts_<split>.jsonl.gz`` pointing at their files.
+    """
     out = Path(args.out)
+    sharded = args.command in SHARDED
+    if sharded:
+        from streamtune.data.shards import merge, run_task, task_of
+
+        if args.no_audio_check:
+            raise UserError(f"{args.command} writes the audio into Lhotse Shar shards, which decodes it anyway; "
+                            "drop --no-audio-check")
+        index, count = task_of(args.shard_index, args.num_shards)
+    elif args.shard_index is not None or args.num_shards is not None:
+        raise UserError(f"--shard-index/--num-shards split the shards of {' and '.join(SHARDED)} sources; "
+                        f"{args.command} is not sharded")
+    else:
+        index, count = 0, 1
     stamp, key = Stamp(out, "data_prep"), _inputs_key(args)
-    if not args.force and stamp.up_to_date(key):
-        print(f"{out} is up to date for these inputs and options (use --force to redo)")
-        return
-    stamp.start()
+    if count == 1:
+        if not args.force and stamp.up_to_date(key):
+            print(f"{out} is up to date for these inputs and options (use --force to redo)")
+            return
+        stamp.start()
     cfg = ValidationConfig(
         check_audio=not args.no_audio_check, min_duration_s=args.min_duration, max_duration_s=args.max_duration,
         alphabet=tokenizer_alphabet(args.tokenizer) if args.tokenizer else None,
         lowercase=args.lowercase, strip_punctuation=args.strip_punctuation,
     )
-    splits, splitter = [args.split], None
+    splits, ratios = [args.split], None
     if args.split_ratio:
         ratios = _parse_ratios(args.split_ratio)
-        splits, splitter = list(ratios), split_by_ratio(ratios, key=args.split_key)
-    _refuse_writing_inputs(args, out, splits)
-    write_validated(_items(args, out), out, splits, cfg, splitter=splitter, num_jobs=args.num_jobs)
-    if args.shar:
-        from streamtune.data.shar import export_shar
+        splits = list(ratios)
+    if sharded:
+        run_task(args, index, count, key, cfg, splits, ratios)
+        if count > 1:
+            print(f"task {index} of {count} done; when all {count} are: python -m data_prep merge --out {out}")
+            return
+        merge(out)
+    else:
+        _refuse_writing_inputs(args, out, splits)
+        splitter = split_by_ratio(ratios, key=args.split_key) if ratios else None
+        write_validated(_items(args), out, splits, cfg, splitter=splitter, num_jobs=args.num_jobs)
+        if args.shar:
+            from streamtune.data.shar import export_shar
 
-        for name in splits:
-            export_shar(out / f"cuts_{name}.jsonl.gz", out / "shar" / name, args.shar_shard_size)
+            for name in splits:
+                export_shar(out / f"cuts_{name}.jsonl.gz", out / "shar" / name, args.shar_shard_size)
     stamp.done(key)

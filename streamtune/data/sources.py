@@ -15,10 +15,13 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamtune.data.reading import AUDIO_SUFFIXES
@@ -83,9 +86,8 @@ def make_cut(cut_id: str, audio: Path, text: str, *, offset_s: float = 0.0, dura
     The header is read only for known audio suffixes (Lhotse hands others, e.g. ``.sph``, to shell commands);
     validation rejects the rest as ``unsafe_source``.
     """
-    from lhotse import Recording, SupervisionSegment
+    from lhotse import Recording
     from lhotse.audio import AudioSource
-    from lhotse.cut import MonoCut
 
     rec = None
     if read_header and audio.suffix.lower() in AUDIO_SUFFIXES and audio.is_file():
@@ -99,11 +101,7 @@ def make_cut(cut_id: str, audio: Path, text: str, *, offset_s: float = 0.0, dura
                         sampling_rate=TARGET_RATE, num_samples=round(total * TARGET_RATE), duration=total)
     if duration_s is None:
         duration_s = max(0.0, rec.duration - offset_s)
-    sup = SupervisionSegment(id=cut_id, recording_id=rec.id, start=0.0, duration=duration_s, text=text,
-                             language=language)
-    cut = MonoCut(id=cut_id, start=offset_s, duration=duration_s, channel=0, recording=rec, supervisions=[sup])
-    cut.custom = dict(custom or {})
-    return cut
+    return _cut_on(rec, cut_id, text, offset_s, duration_s, custom, language)
 
 
 def _manifest_item(entry, origin: str, base: Path, text_key: str, language: str | None, read_header: bool):
@@ -236,133 +234,231 @@ def _by_shard(paths: list[Path], what: str) -> dict[str, Path]:
     return out
 
 
-def safe_member_name(name: str) -> str:
-    """A file name for a tar member we write: its base name if that is plain, else a hash of the full name."""
-    base = Path(name).name
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", base) and len(base) <= 200:
-        return base
-    return hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest() + \
-        "".join(Path(base).suffixes[-1:])[:10]
+@dataclass(frozen=True)
+class Shard:
+    """One unit of sharded input: a NeMo tarred shard (``kind="tar"``: manifest + tar, either may be missing),
+    or one parquet / arrow file of a Hugging Face dataset (``kind="parquet"``/``"arrow"``, its first row's
+    index in the whole dataset in ``row_offset``), or a dataset only ``datasets`` can read (``kind="hf"``)."""
+
+    name: str
+    kind: str
+    paths: tuple[str, ...]
+    row_offset: int = 0
 
 
-def nemo_tarred(manifests: list[str], tars: list[str], audio_out: Path, text_key: str = "text",
-                language: str | None = None) -> Iterator[Item | Rejected]:
-    """NeMo tarred audio: ``audio_N.tar`` with ``manifest_N.json``, paired by the shard number N.
+def tarred_shards(manifests: list[str], tars: list[str]) -> list[Shard]:
+    """NeMo tarred audio: ``audio_N.tar`` with ``manifest_N.json``, paired by the shard number N, in N's order."""
+    manifest_paths = _by_shard(_expand(manifests), "manifest")
+    tar_paths = _by_shard(_expand(tars), "tar")
+    return [Shard(shard, "tar", (str(manifest_paths.get(shard, "")), str(tar_paths.get(shard, ""))))
+            for shard in sorted(set(manifest_paths) | set(tar_paths), key=lambda s: (len(s), s))]
 
-    As in NeMo, a manifest entry's ``audio_filepath`` names a member of its shard's tar (by base name). Regular
-    members are extracted under ``audio_out/<shard>/`` with plain file names (links and odd names never reach
-    the file system as the tar spells them), so the cuts point at real files. A tar that cannot be read (e.g.
-    truncated) rejects its shard's entries with ``corrupt_tar``.
+
+def tarred_shard_items(shard: Shard, text_key: str = "text", language: str | None = None) -> Iterator[Item | Rejected]:
+    """The items of one NeMo tarred shard, read in place: the tar streamed member by member, no file written.
+
+    As in NeMo, a manifest entry's ``audio_filepath`` names a member of its shard's tar (here by base name); the
+    member's bytes become the cut's in-memory audio (several entries may slice one member by offset). Only
+    regular members are read (links, devices and folders never are); a member without an entry is
+    ``no_manifest_entry``, an entry without a member ``missing_audio``; a tar that cannot be read from some
+    point on (e.g. truncated) rejects the entries of the members it no longer yields as ``corrupt_tar``.
     """
     import tarfile
 
-    manifest_paths = _by_shard(_expand(manifests), "manifest")
-    tar_paths = _by_shard(_expand(tars), "tar")
-    for shard in sorted(set(manifest_paths) | set(tar_paths), key=lambda s: (len(s), s)):
-        if shard not in tar_paths:
-            yield Rejected(str(manifest_paths[shard]), "missing_tar",
-                           f"{manifest_paths[shard]}: no audio tar for shard {shard}")
-            continue
-        if shard not in manifest_paths:
-            yield Rejected(str(tar_paths[shard]), "missing_manifest",
-                           f"{tar_paths[shard]}: no manifest for shard {shard}")
-            continue
-        yield from _one_shard(shard, manifest_paths[shard], tar_paths[shard], audio_out / shard, text_key, language,
-                              tarfile)
-
-
-def _one_shard(shard, manifest: Path, tar_path: Path, shard_dir: Path, text_key, language, tarfile):
-    entries = nemo_manifests([str(manifest)], text_key=text_key, language=language, read_header=False)
-    try:
-        tar = tarfile.open(tar_path)
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError) as err:
-        for item in entries:
-            yield item if isinstance(item, Rejected) else Rejected(
-                item.cut.id, "corrupt_tar", f"{item.origin}: {tar_path} cannot be read ({err})")
+    manifest, tar_path = shard.paths
+    if not tar_path:
+        yield Rejected(manifest, "missing_tar", f"{manifest}: no audio tar for shard {shard.name}")
         return
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    with tar:
-        for item in entries:
-            if isinstance(item, Rejected):
-                yield item
-                continue
-            name = Path(item.cut.recording.sources[0].source).name
-            member = members.get(name)
-            if member is None:
-                yield Rejected(item.cut.id, "missing_audio", f"{item.origin}: {name} is not in {tar_path}")
-                continue
-            if name not in written:
-                target = shard_dir / safe_member_name(member.name)
-                try:
-                    with tar.extractfile(member) as src, open(target, "wb") as dst:
-                        dst.write(src.read())
-                except (tarfile.TarError, OSError, EOFError) as err:
-                    yield Rejected(item.cut.id, "corrupt_tar", f"{item.origin}: {name} in {tar_path}: {err}")
+    if not manifest:
+        yield Rejected(tar_path, "missing_manifest", f"{tar_path}: no manifest for shard {shard.name}")
+        return
+    pending: dict[str, list[Item]] = {}
+    for item in nemo_manifests([manifest], text_key=text_key, language=language, read_header=False):
+        if isinstance(item, Rejected):
+            yield item
+        else:
+            pending.setdefault(Path(item.cut.recording.sources[0].source).name, []).append(item)
+    broken = None
+    try:
+        with tarfile.open(tar_path, mode="r|*") as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if not member.isfile():
+                    continue  # its entries end as missing_audio
+                items = pending.pop(name, None)
+                if items is None:
+                    yield Rejected(name, "no_manifest_entry", f"{tar_path}: member {member.name} has no manifest entry")
                     continue
-                written[name] = target
-            cut = item.cut
-            yield Item(make_cut(cut.id, written[name], cut.supervisions[0].text, offset_s=cut.start,
-                                duration_s=cut.duration, custom=cut.custom,
-                                language=cut.supervisions[0].language), item.origin)
-        for name in sorted(set(members) - set(written)):
-            yield Rejected(name, "no_manifest_entry", f"{tar_path}: member {name} has no manifest entry")
+                try:
+                    data = tar.extractfile(member).read()
+                except (tarfile.TarError, OSError, EOFError) as err:
+                    pending[name] = items
+                    raise err
+                for item in items:
+                    cut = item.cut  # a duration of 0 was not declared: the member's header says it
+                    yield Item(memory_cut(cut.id, data, cut.supervisions[0].text, offset_s=cut.start,
+                                          duration_s=cut.duration or None, custom=cut.custom,
+                                          language=cut.supervisions[0].language), item.origin)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        broken = f"{type(err).__name__}: {err}"
+    for name, items in pending.items():
+        for item in items:
+            if broken:
+                yield Rejected(item.cut.id, "corrupt_tar", f"{item.origin}: {tar_path} cannot be read up to {name} "
+                               f"({broken})")
+            else:
+                yield Rejected(item.cut.id, "missing_audio", f"{item.origin}: {name} is not a file in {tar_path}")
 
 
-def hf_dataset(source: str, audio_out: Path, audio_column: str = "audio", text_column: str = "text",
-               id_column: str | None = None, split: str | None = None) -> Iterator[Item | Rejected]:
-    """A local Hugging Face dataset: a ``save_to_disk`` dir, parquet/arrow files, or a dir ``load_dataset`` reads.
+def memory_cut(cut_id: str, data: bytes, text: str, *, offset_s: float = 0.0, duration_s: float | None = None,
+               custom: dict | None = None, language: str | None = None):
+    """A MonoCut over (a slice of) encoded audio held in memory; validation decodes it and reads the truth
+    (rate, channels, length) from it, so the values given here are placeholders."""
+    from lhotse import Recording
+    from lhotse.audio import AudioSource
 
-    Audio may be embedded bytes or paths; it is read undecoded (``Audio(decode=False)``); embedded bytes are
-    written to ``audio_out/<row index>-<id>`` (the index keeps ids that differ only in spelling, ``a/1`` and
-    ``a__1``, from sharing a file). Nothing is fetched from the hub.
-    """
-    import datasets
+    if duration_s is None:  # not declared: the header's, when it can be read (else 0 s, rejected as such)
+        import soundfile as sf
+
+        try:
+            duration_s = max(0.0, sf.info(io.BytesIO(data)).duration - offset_s)
+        except Exception:  # soundfile raises several kinds for bytes that are not audio
+            duration_s = 0.0
+    total = offset_s + duration_s
+    rec = Recording(id=cut_id, sources=[AudioSource(type="memory", channels=[0], source=data)],
+                    sampling_rate=TARGET_RATE, num_samples=round(total * TARGET_RATE), duration=total)
+    return _cut_on(rec, cut_id, text, offset_s, duration_s, custom, language)
+
+
+def _cut_on(rec, cut_id, text, offset_s, duration_s, custom, language):
+    from lhotse import SupervisionSegment
+    from lhotse.cut import MonoCut
+
+    sup = SupervisionSegment(id=cut_id, recording_id=rec.id, start=0.0, duration=duration_s, text=text,
+                             language=language)
+    cut = MonoCut(id=cut_id, start=offset_s, duration=duration_s, channel=0, recording=rec, supervisions=[sup])
+    cut.custom = dict(custom or {})
+    return cut
+
+
+def hf_shards(source: str, split: str | None = None) -> list[Shard]:
+    """A local Hugging Face dataset as shards: its parquet files, or the arrow files of a ``save_to_disk`` dir
+    (of ``split`` in a DatasetDict), each with the index of its first row; any other layout ``datasets`` reads
+    is one shard. Nothing is fetched from the hub."""
+    import pyarrow.parquet as pq
 
     src = Path(source)
     if not src.exists():
         raise UserError(f"dataset '{source}' does not exist; hf reads local datasets only (no hub access)")
-    if (src / "dataset_info.json").exists() or (src / "dataset_dict.json").exists():
-        ds = datasets.load_from_disk(str(src))
-    elif src.is_file() or any(src.glob("*.parquet")) or any(src.glob("*.arrow")):
-        files = [str(src)] if src.is_file() else sorted(str(p) for p in src.glob("*.parquet")) or sorted(
-            str(p) for p in src.glob("*.arrow"))
-        kind = "parquet" if files[0].endswith(".parquet") else "arrow"
-        ds = datasets.load_dataset(kind, data_files=files, split="train")
-    else:
-        ds = datasets.load_dataset(str(src))
-    if isinstance(ds, datasets.DatasetDict):
+    if (src / "dataset_dict.json").exists():
+        splits = json.loads((src / "dataset_dict.json").read_text()).get("splits", [])
         if split is None:
-            raise UserError(f"dataset '{source}' has splits {list(ds)}; choose one with --hf-split")
-        ds = ds[split]
-    for column in (audio_column, text_column, id_column):
-        if column and column not in ds.column_names:
-            raise UserError(f"dataset '{source}' has no column '{column}'; its columns are {ds.column_names}")
-    if isinstance(ds.features[audio_column], datasets.Audio):
-        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
-    audio_out.mkdir(parents=True, exist_ok=True)
-    for index, row in enumerate(ds):
+            raise UserError(f"dataset '{source}' has splits {splits}; choose one with --hf-split")
+        if split not in splits:
+            raise UserError(f"dataset '{source}' has no split '{split}'; its splits are {splits}")
+        src = src / split
+    if (src / "dataset_info.json").exists():
+        state = json.loads((src / "state.json").read_text()) if (src / "state.json").exists() else {}
+        files = [src / f["filename"] for f in state.get("_data_files", [])] or sorted(src.glob("*.arrow"))
+        kind = "arrow"
+    elif src.is_file():
+        files, kind = [src], "arrow" if src.suffix == ".arrow" else "parquet"
+    elif any(src.glob("*.parquet")):
+        files, kind = sorted(src.glob("*.parquet")), "parquet"
+    elif any(src.glob("*.arrow")):
+        files, kind = sorted(src.glob("*.arrow")), "arrow"
+    else:
+        return [Shard(src.name, "hf", (str(src),))]
+    shards, offset = [], 0
+    for path in files:
+        shards.append(Shard(path.name, kind, (str(path),), offset))
+        try:
+            offset += pq.ParquetFile(path).metadata.num_rows if kind == "parquet" else _arrow_rows(path)
+        except Exception as err:  # pyarrow raises several kinds
+            raise UserError(f"dataset file '{path}' cannot be read as {kind} ({type(err).__name__}: {err})") \
+                from None
+    return shards
+
+
+def _arrow_batches(path: Path, columns: list[str] | None = None):
+    """Record batches of an arrow file (the IPC stream format ``save_to_disk`` writes, or the file format),
+    memory-mapped: nothing is copied."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
+    try:
+        reader = pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        source = pa.memory_map(str(path))
+        file_reader = pa.ipc.open_file(source)
+        batches = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+    else:
+        batches = iter(reader)
+    for batch in batches:
+        yield batch.select(columns) if columns else batch
+
+
+def _arrow_rows(path: Path) -> int:
+    return sum(batch.num_rows for batch in _arrow_batches(path))
+
+
+def hf_shard_items(shard: Shard, dataset: str, audio_column: str = "audio", text_column: str = "text",
+                   id_column: str | None = None, hf_split: str | None = None) -> Iterator[Item | Rejected]:
+    """The rows of one shard of a Hugging Face dataset, streamed in batches; embedded audio bytes stay in
+    memory (no file is written), audio given as a path is a file cut (relative paths resolve against the
+    dataset). Default ids: ``<dataset name>-<row index in the whole dataset, 8 digits>``."""
+    src = Path(dataset)
+    base = src if src.is_dir() else src.parent
+    for index, row, columns in _hf_rows(shard, audio_column, hf_split):
+        for column in (audio_column, text_column, id_column):
+            if column and column not in columns:
+                raise UserError(f"dataset '{dataset}' has no column '{column}'; its columns are {columns}")
         cut_id = str(row[id_column]) if id_column else f"{src.stem}-{index:08d}"
-        origin = f"{source}[{index}]"
+        origin = f"{dataset}[{index}]"
         audio = row[audio_column]
         audio_bytes = audio.get("bytes") if isinstance(audio, dict) else None
         audio_path = audio.get("path") if isinstance(audio, dict) else audio
-        if audio_bytes:
-            suffix = Path(audio_path).suffix.lower() if audio_path else ".wav"
-            target = audio_out / f"{index:08d}-{safe_member_name(cut_id)}{suffix or '.wav'}"
-            target.write_bytes(audio_bytes)
-        elif audio_path:
-            target = Path(audio_path)
-            if not target.is_absolute():
-                target = (src if src.is_dir() else src.parent) / target
-        else:
-            yield Rejected(cut_id, "missing_audio", f"{origin}: the audio column holds neither bytes nor a path")
-            continue
         text = row[text_column] if isinstance(row[text_column], str) else ""
         if not valid_text(text):
             yield Rejected(cut_id, "invalid_text", f"{origin}: the transcript is not valid Unicode")
             continue
         custom = {k: v for k, v in row.items() if k not in (audio_column, text_column, id_column)
                   and isinstance(v, (str, int, float, bool)) and (not isinstance(v, str) or valid_text(v))}
-        yield Item(make_cut(cut_id, target, text, custom=custom), origin)
+        if audio_bytes:
+            yield Item(memory_cut(cut_id, bytes(audio_bytes), text, custom=custom), origin)
+        elif isinstance(audio_path, str) and audio_path:
+            target = Path(audio_path)
+            yield Item(make_cut(cut_id, target if target.is_absolute() else base / target, text, custom=custom),
+                       origin)
+        else:
+            yield Rejected(cut_id, "missing_audio", f"{origin}: the audio column holds neither bytes nor a path")
+
+
+def _hf_rows(shard: Shard, audio_column: str, hf_split: str | None):
+    """(index in the dataset, row dict, column names) of a shard, the audio column undecoded."""
+    if shard.kind == "hf":
+        import datasets
+
+        ds = datasets.load_dataset(shard.paths[0])
+        if isinstance(ds, datasets.DatasetDict):
+            if hf_split is None:
+                raise UserError(f"dataset '{shard.paths[0]}' has splits {list(ds)}; choose one with --hf-split")
+            ds = ds[hf_split]
+        if isinstance(ds.features.get(audio_column), datasets.Audio):
+            ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+        for index, row in enumerate(ds):
+            yield index, row, ds.column_names
+        return
+    if shard.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(shard.paths[0]).iter_batches(batch_size=64)
+    else:
+        batches = _arrow_batches(Path(shard.paths[0]))
+    index = shard.row_offset
+    for batch in batches:
+        columns = batch.schema.names
+        for start in range(0, batch.num_rows, 64):  # rows become Python objects 64 at a time
+            for row in batch.slice(start, 64).to_pylist():
+                yield index, row, columns
+                index += 1

@@ -39,6 +39,18 @@ class TextStyle:
         self.digits += bool(_DIGIT.search(text))
         self.spelled_numbers += any(w.strip(".,?!;:'\"").lower() in _NUMBER_WORDS for w in text.split())
 
+    def remove(self, text: str) -> None:
+        """Undo :meth:`add` of the same text."""
+        self.utterances -= 1
+        self.capitals -= any(c.isupper() for c in text)
+        self.punctuation -= any(c in PUNCTUATION for c in text)
+        self.digits -= bool(_DIGIT.search(text))
+        self.spelled_numbers -= any(w.strip(".,?!;:'\"").lower() in _NUMBER_WORDS for w in text.split())
+
+    def counts(self) -> dict:
+        return {key: getattr(self, key) for key in ("utterances", "capitals", "punctuation", "digits",
+                                                    "spelled_numbers")}
+
     def __iadd__(self, other: TextStyle) -> TextStyle:
         for key in ("utterances", "capitals", "punctuation", "digits", "spelled_numbers"):
             setattr(self, key, getattr(self, key) + getattr(other, key))

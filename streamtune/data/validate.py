@@ -11,6 +11,7 @@ the input length; ``kept + rejected == read`` always.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -72,11 +73,17 @@ def tokenizer_alphabet(tokenizer_dir: str | Path) -> set[str]:
 
 def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Rejected | None, list[str]]:
     """Validate one cut: returns (kept cut, None, notes) or (None, rejection, [])."""
+    return check_item_audio(item, cfg)[:3]
+
+
+def check_item_audio(item: Item, cfg: ValidationConfig):
+    """:func:`check_item` plus the decoded samples of the kept cut's span (None when audio is not checked)."""
     cut = item.cut
     notes: list[str] = []
+    samples = None
 
     def reject(reason: str, detail: str):
-        return None, Rejected(cut.id, reason, f"{item.origin}: {detail}"), []
+        return None, Rejected(cut.id, reason, f"{item.origin}: {detail}"), [], None
 
     unsafe = unsafe_source(cut)
     if unsafe:  # before anything reads the audio: Lhotse would run or fetch what the data names
@@ -129,18 +136,23 @@ def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Reject
         real_s = samples.shape[-1] / rec.sampling_rate
         if abs(real_s - cut.duration) > cfg.duration_tolerance_s:
             return reject("duration_mismatch", f"declared {cut.duration:.3f} s but the audio holds {real_s:.3f} s")
+        if real_s < cut.duration:  # within the tolerance: the cut ends where its audio does (Lhotse's own
+            # tolerance when loading is smaller than ours)
+            cut = fastcopy(cut, duration=real_s, supervisions=[
+                fastcopy(s, duration=min(s.duration, real_s - s.start)) for s in cut.supervisions])
         if rec.sampling_rate != TARGET_RATE:
             notes.append(f"resampled_{rec.sampling_rate}hz")
             cut = cut.resample(TARGET_RATE)  # lazy: applied when the audio is loaded
-    return cut, None, notes
+    return cut, None, notes, samples
 
 
 def _decode(cut):
     """(samples of the cut's span, the Recording as the file really is) with one read of the file.
 
-    Plain files go straight through soundfile: the header and the samples come from the same open file, so
-    nothing is read twice and the recording's rate, channels and length are the decoded truth, whatever a
-    manifest declared. Anything else (in-memory Shar audio, formats soundfile lacks) goes through Lhotse.
+    Plain files and in-memory audio (a tar member, a parquet cell, Shar audio) go straight through soundfile:
+    the header and the samples come from the same open file, so nothing is read twice and the recording's rate,
+    channels and length are the decoded truth, whatever a manifest declared. Files of formats this libsndfile
+    lacks go through Lhotse's other backends.
     """
     import soundfile as sf
     from lhotse import Recording
@@ -148,18 +160,20 @@ def _decode(cut):
 
     rec = cut.recording
     source = rec.sources[0]
-    if source.type == "file" and len(rec.sources) == 1 and not rec.transforms:
+    if source.type in ("file", "memory") and len(rec.sources) == 1 and not rec.transforms:
         try:
-            with sf.SoundFile(source.source) as f:
+            with sf.SoundFile(source.source if source.type == "file" else io.BytesIO(source.source)) as f:
                 rate, channels, frames = f.samplerate, f.channels, f.frames
                 start = min(frames, round(cut.start * rate))
                 f.seek(start)
                 want = round(cut.duration * rate) if cut.duration > 0 else frames - start
                 samples = f.read(min(want, frames - start), dtype="float32", always_2d=True).T
-        except sf.LibsndfileError:
-            pass  # e.g. a format this libsndfile does not read: let Lhotse try its other backends
+        except sf.LibsndfileError as err:
+            if source.type == "memory":  # bytes: nothing else to try (the message names no object address)
+                raise ValueError(f"libsndfile cannot read these bytes ({err.error_string})") from None
+            # e.g. a format this libsndfile does not read: let Lhotse try its other backends
         else:
-            real = Recording(id=rec.id, sources=[AudioSource(type="file", channels=list(range(channels)),
+            real = Recording(id=rec.id, sources=[AudioSource(type=source.type, channels=list(range(channels)),
                                                              source=source.source)],
                              sampling_rate=rate, num_samples=frames, duration=frames / rate)
             return samples, real
@@ -227,6 +241,69 @@ def split_by_ratio(ratios: dict[str, float], key: str = "id", seed: int = 0):
     return splitter
 
 
+class Validation:
+    """The loop every source goes through: check each item (``num_jobs`` threads, results in input order),
+    reject a repeated id, count everything into :attr:`report` (``kept + rejected == read``).
+
+    :meth:`run` yields ``(split, kept cut, samples)`` for a kept item (``samples``: the decoded span, with
+    ``with_audio``) and the :class:`Rejected` for every other one.
+    """
+
+    def __init__(self, cfg: ValidationConfig, splits: list[str], splitter=None):
+        self.cfg, self.splits, self.splitter = cfg, splits, splitter
+        self.report = Report(max_duration_s=cfg.max_duration_s)
+        self.seen = IdSet()
+        self.notes: dict[str, list[str]] = {}  # kept id -> notes, for the (rare) items that have any
+
+    def _check(self, item):
+        if not isinstance(item, Item):
+            return item.item, None, item, [], None
+        try:
+            return (item.origin, *check_item_audio(item, self.cfg))
+        except Exception as err:  # a cut malformed in a way no check names: rejected, never a crash mid-file
+            return item.origin, None, Rejected(getattr(item.cut, "id", item.origin), "malformed_item",
+                                               f"{item.origin}: {type(err).__name__}: {str(err)[:200]}"), [], None
+
+    def run(self, items: Iterable[Item | Rejected], num_jobs: int = 1, with_audio: bool = False) -> Iterator:
+        from contextlib import ExitStack
+
+        report = self.report
+        with ExitStack() as stack:
+            if num_jobs > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = stack.enter_context(ThreadPoolExecutor(num_jobs))
+                results = _ordered_map(pool, self._check, items, window=8 * num_jobs)
+            else:
+                results = map(self._check, items)
+            for origin, kept, rej, notes, samples in results:
+                report.read += 1
+                if kept is not None and not self.seen.add(kept.id):
+                    kept, rej, notes = None, Rejected(kept.id, "duplicate_id",
+                                                      f"{origin}: id {kept.id} was already kept"), []
+                if rej is not None:
+                    report.reject(rej.reason)
+                    yield rej
+                    continue
+                name = self.splitter(kept) if self.splitter else self.splits[0]
+                text = " ".join(sup.text for sup in kept.supervisions)
+                report.keep(name, kept.duration, text, notes)
+                if notes:
+                    self.notes[kept.id] = list(notes)
+                yield name, kept, samples if with_audio else None
+        assert report.kept + report.rejected == report.read
+
+    def summary(self, out_dir: Path) -> str:
+        report = self.report
+        return (f"read {report.read}, kept {report.kept} ({report.kept_s / 3600:.3f} h: {dict(report.per_split)}), "
+                f"rejected {report.rejected}" + (f": {dict(report.reasons)}" if report.reasons else "") +
+                f" -> {out_dir}")
+
+
+def rejection_line(rej: Rejected) -> str:
+    return json.dumps({"item": rej.item, "reason": rej.reason, "detail": rej.detail}) + "\n"
+
+
 def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split: str | list[str],
                     cfg: ValidationConfig, splitter=None, num_jobs: int = 1) -> Report:
     """Validate ``items`` as they stream in and write the kept cuts, the rejections and the report.
@@ -241,59 +318,26 @@ def write_validated(items: Iterable[Item | Rejected], out_dir: str | Path, split
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = [split] if isinstance(split, str) else list(split)
-    report = Report(max_duration_s=cfg.max_duration_s)
-    seen = IdSet()
+    validation = Validation(cfg, splits, splitter)
+    report = validation.report
     paths = {name: out_dir / f"cuts_{name}.jsonl.gz" for name in splits}
     tmp = {name: p.with_name(p.name + ".tmp.jsonl.gz") for name, p in paths.items()}
     run = run_name(splits)  # reports are per run, so that preparing another split never overwrites them
     tmp_rejected = out_dir / f"rejected_{run}.jsonl.tmp"
 
-    def check(item):
-        if not isinstance(item, Item):
-            return item.item, None, item, []
-        try:
-            return (item.origin, *check_item(item, cfg))
-        except Exception as err:  # a cut malformed in a way no check names: rejected, never a crash mid-file
-            return item.origin, None, Rejected(getattr(item.cut, "id", item.origin), "malformed_item",
-                                               f"{item.origin}: {type(err).__name__}: {str(err)[:200]}"), []
-
     with ExitStack() as stack:
         writers = {name: stack.enter_context(CutSet.open_writer(path)) for name, path in tmp.items()}
         rejected = stack.enter_context(open(tmp_rejected, "w"))
-        if num_jobs > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = stack.enter_context(ThreadPoolExecutor(num_jobs))
-            results = _ordered_map(pool, check, items, window=8 * num_jobs)
-        else:
-            results = map(check, items)
-        for origin, kept, rej, notes in _progress(results):
-            report.read += 1
-            if kept is not None and not seen.add(kept.id):
-                kept, rej, notes = None, Rejected(kept.id, "duplicate_id",
-                                                  f"{origin}: id {kept.id} was already kept"), []
-            if rej is not None:
-                report.rejected += 1
-                report.reasons[rej.reason] += 1
-                rejected.write(json.dumps({"item": rej.item, "reason": rej.reason, "detail": rej.detail}) + "\n")
-                continue
-            name = splitter(kept) if splitter else splits[0]
-            writers[name].write(kept)
-            report.per_split[name] += 1
-            report.kept += 1
-            report.kept_s += kept.duration
-            report.add_duration(kept.duration)
-            report.notes.update(notes)
-            for sup in kept.supervisions:
-                report.chars.update(sup.text)
-            report.style.add(" ".join(sup.text for sup in kept.supervisions))
-    assert report.kept + report.rejected == report.read
+        for result in _progress(validation.run(items, num_jobs)):
+            if isinstance(result, Rejected):
+                rejected.write(rejection_line(result))
+            else:
+                writers[result[0]].write(result[1])
     for name in splits:
         tmp[name].replace(paths[name])
     tmp_rejected.replace(out_dir / f"rejected_{run}.jsonl")
     report.write(out_dir, run)
-    print(f"read {report.read}, kept {report.kept} ({report.kept_s / 3600:.3f} h: {dict(report.per_split)}), "
-          f"rejected {report.rejected}" + (f": {dict(report.reasons)}" if report.reasons else "") + f" -> {out_dir}")
+    print(validation.summary(out_dir))
     print(f"transcript style: {report.style.describe()}")
     if report.kept == 0:
         raise UserError(f"nothing valid remains of {report.read} items; see {out_dir / f'rejected_{run}.jsonl'} "

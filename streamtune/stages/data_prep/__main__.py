@@ -40,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split-ratio", help="e.g. train=0.9,dev=0.05,test=0.05: deterministic split by --split-key")
         p.add_argument("--split-key", default="id",
                        help="what decides the split: id, or speaker (keeps a speaker whole)")
-        p.add_argument("--num-jobs", type=int, default=2, help="threads decoding and checking audio")
+        p.add_argument("--num-jobs", type=int, default=2, help="threads decoding and checking audio (nemo-tarred, "
+                       "hf: processes, each preparing whole input shards)")
+        p.add_argument("--threads-per-job", type=int, default=1, help="nemo-tarred, hf: threads within each process")
+        p.add_argument("--shard-index", type=int, help="nemo-tarred, hf: this task's index K (from 0) of "
+                       "--num-shards N; it prepares input shards K, K+N, ... (default: SLURM_ARRAY_TASK_ID - "
+                       "SLURM_ARRAY_TASK_MIN in a SLURM array job)")
+        p.add_argument("--num-shards", type=int, help="nemo-tarred, hf: how many tasks share the input shards "
+                       "(default: SLURM_ARRAY_TASK_COUNT); then `python -m data_prep merge --out DIR`")
         p.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
         p.add_argument("--no-audio-check", action="store_true", help="trust the metadata; do not decode audio")
         p.add_argument("--tokenizer", help="tokenizer dir: reject transcripts with characters it cannot spell")
@@ -49,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--min-duration", type=float, default=0.1, help="seconds")
         p.add_argument("--max-duration", type=float, default=40.0, help="seconds")
         p.add_argument("--shar", action="store_true",
-                       help="also write Lhotse Shar shards (flac) under <out>/shar/<split>")
-        p.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard")
+                       help="also write Lhotse Shar shards (flac) under <out>/shar/<split> (nemo-tarred and hf "
+                       "always write Shar, one shard per input shard)")
+        p.add_argument("--shar-shard-size", type=int, default=1000, help="cuts per Shar shard (with --shar)")
         p.set_defaults(func=run_source)
 
     nemo = sub.add_parser("nemo", aliases=["granary"], help="NeMo / Granary JSONL manifests (globs allowed)")
@@ -82,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     lho = sub.add_parser("lhotse", help="existing Lhotse cuts: validate and rewrite")
     lho.add_argument("--cuts", required=True, nargs="+")
     add_common(lho)
+
+    merge = sub.add_parser("merge", help="combine the tasks of a sharded run (--num-shards): check every input "
+                           "shard was done once, resolve ids kept twice, write the report and rejections")
+    merge.add_argument("--out", required=True, help="the --out every task wrote to")
+    merge.set_defaults(func=run_merge)
 
     noise = sub.add_parser("noise", help="a folder of noise (or room impulse response) recordings for data.augment")
     noise.add_argument("--dir", required=True, help="audio files under it, any depth")
@@ -133,6 +146,12 @@ def run_source(args) -> None:
     from streamtune.data.prepare import prepare_source
 
     prepare_source(args)
+
+
+def run_merge(args) -> None:
+    from streamtune.data.shards import merge
+
+    merge(args.out)
 
 
 def run_noise(args) -> None:
