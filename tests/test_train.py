@@ -128,27 +128,51 @@ def test_training_is_reproducible_from_the_seed(trained_run, train_tiny, tmp_pat
     assert len(second) == 3 and second == first[:3]
 
 
-def test_train_reads_shar_and_weighted_mixes(train_tiny, corpus, tmp_path):
-    """data.train may be a Shar dir from `python -m data_prep ... --shar`, a cuts file, or a weighted list of
-    them: one run reads a mix of both."""
+def test_train_reads_shards_and_weighted_mixes(train_tiny, corpus, tmp_path):
+    """data.train may be a Shar dir (here prepared in place from NeMo tarred shards), a NeMo tarred dataset read
+    as it is, a cuts file, or a weighted list of them: one run reads a mix of all three."""
+    import json
+    import tarfile
+
+    from lhotse import CutSet
+
     from streamtune.stages.data_prep.__main__ import main as data_prep
 
-    assert data_prep(["lhotse", "--cuts", str(corpus / "cuts_train.jsonl.gz"), "--out", str(tmp_path / "prep"),
-                      "--shar", "--shar-shard-size", "16"]) == 0
+    cuts = list(CutSet.from_file(corpus / "cuts_train.jsonl.gz"))
+    tarred = tmp_path / "tarred"
+    tarred.mkdir()
+    for shard in range(3):
+        chunk = cuts[16 * shard: 16 * (shard + 1)]
+        with tarfile.open(tarred / f"audio_{shard}.tar", "w") as tar:
+            for cut in chunk:
+                tar.add(cut.recording.sources[0].source, arcname=f"{cut.id}.wav")
+        (tarred / f"manifest_{shard}.json").write_text("".join(json.dumps(
+            {"audio_filepath": f"{cut.id}.wav", "duration": cut.duration, "text": cut.supervisions[0].text,
+             "shard_id": shard}) + "\n" for cut in chunk))
+    assert data_prep(["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar",
+                      str(tarred / "audio_*.tar"), "--out", str(tmp_path / "prep"), "--num-jobs", "1"]) == 0
     shar = tmp_path / "prep" / "shar" / "train"
-    assert len(list(shar.glob("cuts.*.jsonl.gz"))) == 3, "48 cuts in shards of 16"
-    run = train_tiny(tmp_path / "mix", f"data.train=[[{shar},0.7],[{corpus / 'cuts_train.jsonl.gz'},0.3]]",
-                     "trainer.max_steps=2", "data.dev=null")
+    assert len(list(shar.glob("cuts.*.jsonl.gz"))) == 3, "one Shar shard per input shard"
+    nemo = f"{{manifest: '{tarred}/manifest_*.json', tar: '{tarred}/audio_*.tar'}}"
+    run = train_tiny(tmp_path / "mix", f"data.train=[[{shar},0.5],[{nemo},0.3],[{corpus / 'cuts_train.jsonl.gz'},0.2]]",
+                     "trainer.max_steps=2", "data.dev=null", "data.survey_max_cuts=20")
     assert (run / "final.nemo").exists()
+    setup = (run / "model_setup.txt").read_text()
+    # Each input surveyed from a sample of 20 cuts: a shard of 16 and 4 of another (Shar, tarred), 20 of the 48 cuts.
+    assert "data.train: 60 of 60 cuts" in setup and "surveyed from a sample" in setup, setup
+    assert f"{shar}: 2 of 3 shards" in setup and f"{tarred}/manifest_" in setup and "1 of 1 shards" in setup, setup
 
 
 def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, capsys):
     from streamtune.stages import train
 
-    for bad in ("trainer.max_steps=0", "data.train=/nowhere/cuts.jsonl.gz"):
+    marker = tmp_path.parent / "MARKER"
+    for bad in ("trainer.max_steps=0", "data.train=/nowhere/cuts.jsonl.gz",
+                f"data.train={{manifest: 'pipe:touch {marker}', tar: x}}"):
         assert train.main(["--config", str(DEMO_RECIPE), *tiny_overrides, f"run.output_dir={tmp_path}", bad]) == 2
     err = capsys.readouterr().err
     assert "trainer.max_steps must be > 0" in err and "/nowhere/cuts.jsonl.gz' does not exist" in err
+    assert "only local files are read" in err and not marker.exists(), err
     assert not any(tmp_path.iterdir()), "nothing written, `latest` untouched"
 
 

@@ -53,8 +53,9 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) or Shar dir written by `python -m data_prep`;
-    # data.train may also be a weighted mix: [[path, weight], ...].
+    # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) or Shar dir written by `python -m data_prep`; data.train
+    # may also be a NeMo tarred dataset {manifest: 'd/manifest_*.json', tar: 'd/audio_*.tar'} (local files) or a
+    # weighted mix of any of these: [[path or {manifest, tar}, weight], ...].
     train: Any = None
     dev: Optional[str] = None
     test: Optional[str] = None
@@ -73,6 +74,9 @@ class DataConfig:
     max_duration_s: float = 30.0
     # Cuts whose transcript is empty stop training with an error naming them, unless this is true.
     allow_empty_text: bool = False
+    # The survey before training (durations for the buckets, skipped cuts, empty transcripts, transcript style)
+    # reads at most this many cuts' metadata per training input, from a random sample of its shards; 0 = all.
+    survey_max_cuts: int = 200000
     # Fine-tuning a start point that writes capitals and punctuation on transcripts without them stops with an
     # error (it would learn to stop writing them), unless this is true. Or mix in data that has them.
     allow_style_change: bool = False

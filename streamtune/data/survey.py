@@ -1,4 +1,5 @@
-"""What training will read, surveyed from the cut metadata before it starts (no audio is read).
+"""What training will read, surveyed from the cut metadata before it starts (no audio is read); an input larger
+than ``data.survey_max_cuts`` is surveyed from a random sample of its shards.
 
 NeMo's Lhotse loader drops cuts outside ``[data.min_duration_s, data.max_duration_s]`` without a word and
 never truncates one. The survey applies the same rule to every training input, so that each skipped cut is
@@ -9,7 +10,10 @@ equal size (the same number of cuts in each bucket) that the bucketing sampler t
 
 from __future__ import annotations
 
+import glob
 import json
+import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +38,8 @@ class Survey:
     durations: np.ndarray | None = None  # kept cuts' durations (s)
     # The transcript style of each input with its mix weight (streamtune.data.style).
     styles: list[tuple[TextStyle, float]] = field(default_factory=list)
+    # Inputs surveyed from a sample (data.survey_max_cuts): (input, metadata files opened, files in all).
+    sampled: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def skipped_count(self) -> int:
@@ -54,6 +60,10 @@ class Survey:
     def summary(self, where: str, min_s: float, max_s: float) -> str:
         kept = self.cuts - self.skipped_count
         line = f"{where}: {kept} of {self.cuts} cuts ({self.kept_s / 3600:.2f} h) train"
+        if self.sampled:
+            line += " (surveyed from a sample, data.survey_max_cuts: " + ", ".join(
+                f"{label}: {opened} of {total} shards" for label, opened, total in self.sampled) + \
+                "; the counts below are the sample's)"
         if self.skipped_count:
             parts = [f"{len(v)} {reason.replace('_', ' ')} (e.g. {', '.join(i for _, i, _ in v[:SHOWN_IDS])})"
                      for reason, v in self.skipped.items()]
@@ -69,20 +79,69 @@ class Survey:
                                         "input": source}) + "\n")
 
 
-def input_kind(path: str) -> tuple[str, str]:
-    """``("shar" | "cuts", path)`` of one training input; a clear error when it does not exist."""
-    p = Path(path)
+# NeMo's tarred reader finds a shard's number in these names (nemo_adapters.LazyNeMoTarredIterator).
+NEMO_MANIFEST_NAME = re.compile(r"manifest[^/]*_(\d+)[^/]*\.json")
+NEMO_TAR_NAME = re.compile(r"audio[^/]*_(\d+)[^/]*\.tar")
+# Characters NeMo's path expansion rewrites (brackets become braces) or splits on: refused in tarred paths.
+_UNSAFE_PATH_CHARS = set("()[]<>{},")
+
+
+def input_kind(spec) -> tuple[str, object]:
+    """``("shar" | "cuts", path)`` or ``("nemo_tarred", {"manifests", "tars", "text_field"})`` of one training
+    input; a clear error when it does not exist or cannot be read safely."""
+    if isinstance(spec, dict):
+        return "nemo_tarred", _nemo_tarred(spec)
+    if not isinstance(spec, str):
+        raise UserError(f"data input {spec!r} is not a path or {{manifest: ..., tar: ...}}")
+    p = Path(spec)
     if p.is_dir():
         return "shar", str(p)
     if p.is_file():
         return "cuts", str(p)
-    raise UserError(f"data path '{path}' does not exist; prepare it with `python -m data_prep ...` "
+    raise UserError(f"data path '{spec}' does not exist; prepare it with `python -m data_prep ...` "
                     "(a cuts_<split>.jsonl.gz file or a Shar dir)")
 
 
-def _cut_files(path: Path) -> list[Path]:
-    """The cut metadata of a cuts file or a Shar dir (its ``cuts.*.jsonl*`` shards; the audio is not opened)."""
-    if path.is_dir():
+def _local_files(patterns, what: str, name: re.Pattern) -> list[str]:
+    files = []
+    for pattern in [patterns] if isinstance(patterns, str) else list(patterns):
+        if not isinstance(pattern, str) or pattern.startswith("pipe:") or "://" in pattern:
+            raise UserError(f"data.train {what} {pattern!r}: only local files are read (NeMo would run a `pipe:` "
+                            "command or fetch a URL)")
+        matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?") else [pattern]
+        if not matched or not all(Path(m).is_file() for m in matched):
+            raise UserError(f"data.train {what} '{pattern}' matches no file")
+        files += matched
+    for path in files:
+        if _UNSAFE_PATH_CHARS & set(path) or not name.search(path):
+            raise UserError(f"data.train {what} '{path}': NeMo's tarred reader needs names like "
+                            f"{'manifest_12.json' if what == 'manifest' else 'audio_12.tar'} and no {{}}()[]<>, "
+                            "in the path")
+    return files
+
+
+def _nemo_tarred(spec: dict) -> dict:
+    unknown = set(spec) - {"manifest", "tar", "text_field"}
+    if unknown or not {"manifest", "tar"} <= set(spec):
+        raise UserError(f"a NeMo tarred input is {{manifest: <glob>, tar: <glob>[, text_field: text]}}; got keys "
+                        f"{sorted(spec)}")
+    manifests = _local_files(spec["manifest"], "manifest", NEMO_MANIFEST_NAME)
+    tars = _local_files(spec["tar"], "tar", NEMO_TAR_NAME)
+    ids = [{int(NEMO_MANIFEST_NAME.search(p).group(1)) for p in manifests},
+           {int(NEMO_TAR_NAME.search(p).group(1)) for p in tars}]
+    if ids[0] != ids[1] or len(ids[0]) != len(manifests) or len(ids[1]) != len(tars):
+        raise UserError(f"data.train NeMo tarred input: the manifests are shards {sorted(ids[0])}, the tars "
+                        f"{sorted(ids[1])}; each shard needs exactly one of each")
+    return {"manifests": manifests, "tars": tars, "text_field": str(spec.get("text_field", "text"))}
+
+
+def _metadata_files(kind: str, value) -> list[Path]:
+    """The cut metadata of one input: a cuts file, a Shar dir's ``cuts.*.jsonl*`` or a tarred set's manifests
+    (the audio is not opened)."""
+    if kind == "nemo_tarred":
+        return [Path(m) for m in value["manifests"]]
+    path = Path(value)
+    if kind == "shar":
         files = sorted(path.glob("cuts.*.jsonl*"))
         if not files:
             raise UserError(f"data path '{path}' is a directory without Lhotse Shar cuts (cuts.000000.jsonl.gz ...)")
@@ -90,9 +149,38 @@ def _cut_files(path: Path) -> list[Path]:
     return [path]
 
 
-def weighted_inputs(spec) -> list[tuple[str, str, float]]:
-    """``data.train`` as (kind, path, weight) per input: a path (weight 1) or a list ``[[path, weight], ...]``."""
-    if isinstance(spec, str):
+def _records(kind: str, value, path: Path):
+    """(id, duration, transcript) of every cut in one metadata file."""
+    if kind != "nemo_tarred":
+        from lhotse import CutSet
+
+        for cut in CutSet.from_jsonl_lazy(path):
+            check_safe(cut, f"data.train {path}")
+            yield cut.id, float(cut.duration), " ".join((s.text or "").strip() for s in cut.supervisions).strip()
+        return
+    single = len(value["manifests"]) == 1
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                duration = float(entry["duration"])
+                name = str(entry["audio_filepath"])
+                if single and "shard_id" not in entry:  # NeMo groups a single manifest's entries by shard_id
+                    raise KeyError("shard_id")
+            except (ValueError, KeyError, TypeError) as err:
+                raise UserError(f"{path}:{line_no}: not a NeMo tarred manifest line with audio_filepath and duration"
+                                f"{' and shard_id (one manifest for all shards)' if single else ''} ({err!r})") \
+                    from None
+            text = entry.get(value["text_field"])
+            yield name, duration, (text if isinstance(text, str) else "").strip()
+
+
+def weighted_inputs(spec) -> list[tuple[str, object, float]]:
+    """``data.train`` as (kind, path or tarred spec, weight) per input: a path or ``{manifest, tar}`` (weight 1), or
+    a list ``[[path or {manifest, tar}, weight], ...]``."""
+    if isinstance(spec, (str, dict)):
         spec = [[spec, 1.0]]
     inputs = []
     for entry in spec:
@@ -105,35 +193,44 @@ def weighted_inputs(spec) -> list[tuple[str, str, float]]:
     return inputs
 
 
-def _inputs(spec) -> list[tuple[Path, float]]:
-    return [(Path(path), weight) for _, path, weight in weighted_inputs(spec)]
+def _label(kind: str, value) -> str:
+    return f"{value['manifests'][0]} (+{len(value['manifests']) - 1} shards)" if kind == "nemo_tarred" else str(value)
 
 
 @lru_cache(maxsize=8)
-def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool) -> Survey:
-    from lhotse import CutSet
-
+def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool, max_cuts: int) -> Survey:
     out = Survey()
     durations = []
-    for path, weight in _inputs(json.loads(spec_json)):
+    for kind, value, weight in weighted_inputs(json.loads(spec_json)):
         style = TextStyle()
         out.styles.append((style, weight))
-        for cuts_file in _cut_files(path):
-            for cut in CutSet.from_jsonl_lazy(cuts_file):
-                check_safe(cut, f"data.train {path}")
+        label = _label(kind, value)
+        files = _metadata_files(kind, value)
+        # Past max_cuts, a sample: whole metadata files (shards) in a fixed random order, until the budget is spent.
+        order = random.Random(0).sample(files, len(files)) if len(files) > 1 else files
+        budget, opened = max_cuts, 0
+        for path in order:
+            if max_cuts and budget <= 0:
+                break
+            opened += 1
+            for cut_id, duration, text in _records(kind, value, path):
+                if max_cuts and budget <= 0:
+                    out.sampled.append((label, opened, len(files)))
+                    break
+                budget -= 1
                 out.cuts += 1
-                duration = float(cut.duration)
                 if duration < min_s:
-                    out.skipped.setdefault("shorter_than_min_duration", []).append((str(path), cut.id, duration))
+                    out.skipped.setdefault("shorter_than_min_duration", []).append((label, cut_id, duration))
                     continue
                 if duration > max_s:
-                    out.skipped.setdefault("longer_than_max_duration", []).append((str(path), cut.id, duration))
+                    out.skipped.setdefault("longer_than_max_duration", []).append((label, cut_id, duration))
                     continue
-                text = " ".join((s.text or "").strip() for s in cut.supervisions).strip()
                 if not allow_empty_text and not text:
-                    out.empty_text.append((str(path), cut.id))
+                    out.empty_text.append((label, cut_id))
                 style.add(text)
                 durations.append(duration)
+        if opened < len(files) and not any(s[0] == label for s in out.sampled):
+            out.sampled.append((label, opened, len(files)))
     out.durations = np.asarray(durations, dtype=np.float64)
     out.kept_s = float(out.durations.sum())
     return out
@@ -147,7 +244,8 @@ def survey_training_data(data_cfg) -> Survey:
     min_s, max_s = float(data_cfg.min_duration_s), float(data_cfg.max_duration_s)
     if not 0 < min_s <= max_s:
         raise UserError(f"data.min_duration_s ({min_s:g}) must be > 0 and <= data.max_duration_s ({max_s:g})")
-    out = _survey(json.dumps(spec), min_s, max_s, bool(data_cfg.allow_empty_text))
+    out = _survey(json.dumps(spec), min_s, max_s, bool(data_cfg.allow_empty_text),
+                  int(data_cfg.get("survey_max_cuts", 0) or 0))
     if out.empty_text:
         ids = ", ".join(i for _, i in out.empty_text[:SHOWN_IDS])
         raise UserError(f"data.train has {len(out.empty_text)} cuts with an empty transcript (e.g. {ids} in "

@@ -86,17 +86,33 @@ def model_class(target: str):
         raise UserError(f"model.target '{target}' is not an importable NeMo model class") from None
 
 
+def _nemo_tarred_entry(value: dict) -> dict:
+    """NeMo's nemo_tarred input for local manifests and tars (paths checked by the survey: no ``pipe:``, no URL,
+    nothing NeMo's brace expansion would rewrite), as one brace list each."""
+    def braces(paths: list[str]) -> str:
+        return paths[0] if len(paths) == 1 else "{" + ",".join(paths) + "}"
+
+    return {"type": "nemo_tarred", "manifest_filepath": braces(value["manifests"]),
+            "tarred_audio_filepaths": braces(value["tars"]), "text_field": value["text_field"]}
+
+
 def data_source(spec) -> dict:
-    """NeMo Lhotse dataloader keys for a cuts file, a Shar dir, or a weighted list ``[[path, weight], ...]``."""
+    """NeMo Lhotse dataloader keys for a cuts file, a Shar dir, a NeMo tarred dataset, or a weighted list
+    ``[[path or {manifest, tar}, weight], ...]``."""
     if isinstance(spec, str):
         kind, path = input_kind(spec)
         return {"shar_path": path} if kind == "shar" else {"cuts_path": path}
-    entries = [{"type": "lhotse_shar", "shar_path": path, "weight": weight} if kind == "shar"
-               else {"type": "lhotse", "cuts_path": path, "weight": weight}
-               for kind, path, weight in weighted_inputs(spec)]
+    entries = []
+    for kind, value, weight in weighted_inputs(spec):
+        if kind == "nemo_tarred":
+            entries.append({**_nemo_tarred_entry(value), "weight": weight})
+        elif kind == "shar":
+            entries.append({"type": "lhotse_shar", "shar_path": value, "weight": weight})
+        else:
+            entries.append({"type": "lhotse", "cuts_path": value, "weight": weight})
     if not entries:
         raise UserError("data.train is an empty list; give a cuts file, a Shar dir, or [[path, weight], ...]")
-    # NeMo refuses to mix Shar (iterable) with cuts files (map-style) unless told to iterate both.
+    # NeMo refuses to mix iterable inputs (Shar, tarred) with cuts files (map-style) unless told to iterate all.
     mixed = len({e["type"] for e in entries}) > 1
     return {"input_cfg": entries, **({"force_iterable_dataset": True} if mixed else {})}
 
