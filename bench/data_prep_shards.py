@@ -131,7 +131,8 @@ def main(argv=None) -> int:
         f"({in_bytes / 2**20:.0f} MiB); every member decoded and checked; each run a fresh process, start-up "
         "included.",
         "",
-        "| workers | wall (s) | audio hours per minute | files per second | peak RSS, main process / largest child (MiB) |",
+        "| workers | wall (s) | audio hours per minute | files per second | peak RSS, main process / largest "
+        "child (MiB) |",
         "|---|---|---|---|---|",
     ]
     for label, (wall, own, child, _) in runs.items():
