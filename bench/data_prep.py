@@ -46,17 +46,19 @@ try:
     runpy.run_module("data_prep", run_name="__main__")
 except SystemExit as exit:
     assert not exit.code, exit.code
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
-def run_data_prep(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one `python -m data_prep` process (measured inside it)."""
+def run_data_prep(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds and peak RSS (MiB) of one `python -m data_prep` process (measured inside it) and of its
+    largest child process (e.g. a worker)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=REPO, check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    peak_kb = int(proc.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    return elapsed, peak_kb / 1024
+    own, child = proc.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[:2]
+    return elapsed, int(own) / 1024, int(child) / 1024
 
 
 def main(argv=None) -> int:
@@ -87,7 +89,8 @@ def main(argv=None) -> int:
                         "from pathlib import Path; lhotse_alone(Path(sys.argv[1]), Path(sys.argv[2]))",
                         str(manifest), str(tmp / "lhotse_cuts.jsonl.gz")], cwd=REPO, check=True)
         lhotse_s = time.perf_counter() - start
-        ours_s, _ = run_data_prep(["nemo", "--manifest", str(manifest), "--out", str(tmp / "ours"), "--num-jobs", "2"])
+        ours_s, _, _ = run_data_prep(["nemo", "--manifest", str(manifest), "--out", str(tmp / "ours"),
+                                      "--num-jobs", "2"])
 
         def big_manifest(lines: int) -> Path:
             path = tmp / f"big_{lines}.jsonl"
@@ -100,9 +103,9 @@ def main(argv=None) -> int:
                     f.write(json.dumps(entry) + "\n")
             return path
 
-        small_s, small_rss = run_data_prep(["nemo", "--manifest", str(big_manifest(10_000)), "--out",
+        small_s, small_rss, _ = run_data_prep(["nemo", "--manifest", str(big_manifest(10_000)), "--out",
                                             str(tmp / "m10k"), "--no-audio-check"])
-        big_s, big_rss = run_data_prep(["nemo", "--manifest", str(big_manifest(args.big_lines)), "--out",
+        big_s, big_rss, _ = run_data_prep(["nemo", "--manifest", str(big_manifest(args.big_lines)), "--out",
                                         str(tmp / "mbig"), "--no-audio-check"])
 
     rows = [

@@ -18,35 +18,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-_CHILD = """
-import resource, runpy, sys
-sys.argv = ["data_prep", *sys.argv[1:]]
-try:
-    runpy.run_module("data_prep", run_name="__main__")
-except SystemExit as exit:
-    assert not exit.code, exit.code
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
-
-
-def run_data_prep(args: list[str]) -> tuple[float, float, float]:
-    """Wall seconds and peak RSS (MiB) of one `python -m data_prep` process and of its largest child process."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=REPO, check=True, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    own, child = proc.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[:2]
-    return elapsed, int(own) / 1024, int(child) / 1024
+from bench.data_prep import run_data_prep  # noqa: E402  (after the path, as a script)
 
 
 def make_corpus(root: Path, utts: int, shards: int, pool_size: int = 300) -> tuple[float, int]:

@@ -188,34 +188,33 @@ def test_nothing_valid_or_missing_input_exits_nonzero(tmp_path, capsys):
 
 
 def test_shar_export_is_read_by_nemo_lhotse_dataloader(speech, corpus, tmp_path):
-    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
-    from nemo.collections.common.data.lhotse.dataloader import get_lhotse_dataloader_from_config
-    from nemo.collections.common.tokenizers import SentencePieceTokenizer
-
     # The training split: its tokenizer spells every character of it (dev and test may hold one it never saw).
     out = tmp_path / "out"
     assert main(["lhotse", "--cuts", str(corpus / "cuts_train.jsonl.gz"), "--out", str(out), "--shar",
                  "--shar-shard-size", "16"]) == 0
-    tokenizer = SentencePieceTokenizer(str(corpus / "tokenizer" / "tokenizer.model"))
-    loader = get_lhotse_dataloader_from_config(
-        {"shar_path": str(out / "shar" / "train"), "batch_size": 8, "num_workers": 0, "shuffle": False,
-         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
-        global_rank=0, world_size=1,
-        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
-    )
-    texts = []
-    for batch in loader:
-        texts += [tokenizer.ids_to_text(t[:n].tolist()) for t, n in zip(batch[2], batch[3])]
+    texts = _nemo_loader_texts(out / "shar" / "train", corpus / "tokenizer" / "tokenizer.model")
     expected = [c.supervisions[0].text for c in CutSet.from_file(corpus / "cuts_train.jsonl.gz")]
     assert sorted(texts) == sorted(expected)
 
 
+def _nemo_loader_texts(shar: Path, tokenizer_model: Path) -> list[str]:
+    """The transcripts NeMo's own Lhotse dataloader reads from a Shar dir, as its tokenizer gives them back."""
+    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
+    from nemo.collections.common.data.lhotse.dataloader import get_lhotse_dataloader_from_config
+    from nemo.collections.common.tokenizers import SentencePieceTokenizer
+
+    tokenizer = SentencePieceTokenizer(str(tokenizer_model))
+    loader = get_lhotse_dataloader_from_config(
+        {"shar_path": str(shar), "batch_size": 8, "num_workers": 0, "shuffle": False,
+         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
+        global_rank=0, world_size=1,
+        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
+    )
+    return [tokenizer.ids_to_text(t[:n].tolist()) for batch in loader for t, n in zip(batch[2], batch[3])]
+
+
 def test_nemo_tarred_shards(speech, corpus, tmp_path):
     import tarfile
-
-    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
-    from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
-    from nemo.collections.common.tokenizers import SentencePieceTokenizer
 
     for shard, chunk in enumerate((speech[:3], speech[3:5])):
         with tarfile.open(tmp_path / f"audio_{shard}.tar", "w") as tar:
@@ -238,14 +237,7 @@ def test_nemo_tarred_shards(speech, corpus, tmp_path):
     reasons = sorted(r["reason"] for r in _rejected(out))
     assert reasons == ["missing_audio", "no_manifest_entry"]
     # NeMo's own loader reads the Shar shards back.
-    tokenizer = SentencePieceTokenizer(str(corpus / "tokenizer" / "tokenizer.model"))
-    loader = get_lhotse_dataloader_from_config(
-        {"shar_path": str(out / "shar" / "train"), "batch_size": 2, "num_workers": 0, "shuffle": False,
-         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
-        global_rank=0, world_size=1,
-        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
-    )
-    texts = [tokenizer.ids_to_text(t[:n].tolist()) for batch in loader for t, n in zip(batch[2], batch[3])]
+    texts = _nemo_loader_texts(out / "shar" / "train", corpus / "tokenizer" / "tokenizer.model")
     assert sorted(texts) == sorted(expected.values())
 
 

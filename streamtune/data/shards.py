@@ -329,8 +329,8 @@ def merge(out_dir: str | Path) -> Report:
                             f"inputs and options under {out / 'shards'}; rerun {claims[position][0]}")
         records.append(record)
     planned = {_tag(p) for p in range(len(shards))}
-    stray = sorted(str(p) for p in (out / "shar").glob("*/*") if p.name.split(".")[1] not in planned
-                   or p.parent.name not in splits)
+    stray = sorted(str(p) for p in (out / "shar").glob("*/*") if p.parent.name not in splits
+                   or (p.name.split(".") + [""])[1] not in planned)
     if stray:
         raise UserError(f"{len(stray)} Shar files under {out / 'shar'} belong to no shard of this run (e.g. "
                         f"{stray[0]}): left by a run with other inputs; prepare into a fresh --out")
