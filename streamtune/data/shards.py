@@ -196,7 +196,7 @@ def prepare_shard(job: ShardJob) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     splitter = split_by_ratio(job.split_ratio, key=job.split_key) if job.split_ratio else None
-    validation = Validation(job.cfg, job.splits, splitter)
+    validation = Validation(job.cfg, job.splits, splitter, keep_notes=True)
     writers = {name: SharShardWriter(tmp / name) for name in job.splits}
     hashes = []
     try:

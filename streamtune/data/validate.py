@@ -249,11 +249,12 @@ class Validation:
     ``with_audio``) and the :class:`Rejected` for every other one.
     """
 
-    def __init__(self, cfg: ValidationConfig, splits: list[str], splitter=None):
+    def __init__(self, cfg: ValidationConfig, splits: list[str], splitter=None, keep_notes: bool = False):
         self.cfg, self.splits, self.splitter = cfg, splits, splitter
         self.report = Report(max_duration_s=cfg.max_duration_s)
         self.seen = IdSet()
-        self.notes: dict[str, list[str]] = {}  # kept id -> notes, for the (rare) items that have any
+        # With keep_notes (one shard at a time: bounded), kept id -> notes for the items that have any.
+        self.keep_notes, self.notes = keep_notes, {}
 
     def _check(self, item):
         if not isinstance(item, Item):
@@ -288,7 +289,7 @@ class Validation:
                 name = self.splitter(kept) if self.splitter else self.splits[0]
                 text = " ".join(sup.text for sup in kept.supervisions)
                 report.keep(name, kept.duration, text, notes)
-                if notes:
+                if notes and self.keep_notes:
                     self.notes[kept.id] = list(notes)
                 yield name, kept, samples if with_audio else None
         assert report.kept + report.rejected == report.read
