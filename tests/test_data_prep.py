@@ -381,3 +381,41 @@ def test_two_tasks_and_merge_equal_one_run(speech, tmp_path, capsys):
     capsys.readouterr()
     one_line_error(main(["merge", "--out", str(two)]), capsys.readouterr().err, "task-0-of-2", "task-0-of-3",
                    "overlap")
+
+
+def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpus, tmp_path):
+    """--keep-tars: validated NeMo manifests naming the kept members of the input tars, nothing else written; one
+    run and two tasks + merge agree; NeMo's tarred reader reads exactly the kept cuts (rejected members skipped)."""
+    from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
+    from nemo.collections.common.data.lhotse.dataloader import get_lhotse_dataloader_from_config
+    from nemo.collections.common.tokenizers import SentencePieceTokenizer
+
+    from streamtune.model.nemo_config import data_source
+
+    tarred = _tarred_corpus(speech, tmp_path / "in")
+    source = ["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar", str(tarred / "audio_*.tar"),
+              "--keep-tars", "--num-jobs", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(source + ["--out", str(one)]) == 0
+    for index in range(2):
+        assert main(source + ["--out", str(two), "--shard-index", str(index), "--num-shards", "2"]) == 0
+    assert main(["merge", "--out", str(two)]) == 0
+    for out in (one, two):
+        assert not loose_audio_files(out) and not list(out.rglob("*.tar")), "no audio is copied"
+    assert _report(one) == _report(two) and _rejected(one) == _rejected(two)
+    folder = one / "nemo" / "train"
+    entries = [json.loads(line) for m in sorted(folder.glob("manifest_*.json")) for line in open(m)]
+    assert {e["cut_id"] for e in entries} == {e["cut_id"] for m in sorted((two / "nemo" / "train").glob("*_*.json"))
+                                              for e in map(json.loads, open(m))}
+    assert "../up.wav" in {e["audio_filepath"] for e in entries}, "the member's own name, as NeMo matches it"
+    assert len(entries) == _report(one)["kept"] == 7
+
+    tokenizer = SentencePieceTokenizer(str(corpus / "tokenizer" / "tokenizer.model"))
+    loader = get_lhotse_dataloader_from_config(
+        {**data_source([[str(folder), 1.0]]), "batch_size": 4, "num_workers": 0, "shuffle": False,
+         "sample_rate": 16000, "seed": 0, "shard_seed": 0, "force_finite": True},
+        global_rank=0, world_size=1,
+        dataset=LhotseSpeechToTextBpeDataset(tokenizer=tokenizer, return_cuts=True), tokenizer=tokenizer,
+    )
+    read = [c.custom["cut_id"] for batch in loader for c in batch[-1]]
+    assert sorted(read) == sorted(e["cut_id"] for e in entries)

@@ -129,8 +129,9 @@ def test_training_is_reproducible_from_the_seed(trained_run, train_tiny, tmp_pat
 
 
 def test_train_reads_shards_and_weighted_mixes(train_tiny, corpus, tmp_path):
-    """data.train may be a Shar dir (here prepared in place from NeMo tarred shards), a NeMo tarred dataset read
-    as it is, a cuts file, or a weighted list of them: one run reads a mix of all three."""
+    """data.train may be a Shar dir (here prepared in place from NeMo tarred shards), validated NeMo manifests of
+    the same tars (--keep-tars), a NeMo tarred dataset read as it is, a cuts file, or a weighted list of them: one
+    run reads a mix of all four."""
     import json
     import tarfile
 
@@ -149,18 +150,21 @@ def test_train_reads_shards_and_weighted_mixes(train_tiny, corpus, tmp_path):
         (tarred / f"manifest_{shard}.json").write_text("".join(json.dumps(
             {"audio_filepath": f"{cut.id}.wav", "duration": cut.duration, "text": cut.supervisions[0].text,
              "shard_id": shard}) + "\n" for cut in chunk))
-    assert data_prep(["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar",
-                      str(tarred / "audio_*.tar"), "--out", str(tmp_path / "prep"), "--num-jobs", "1"]) == 0
-    shar = tmp_path / "prep" / "shar" / "train"
+    for out, keep in (("prep", []), ("kept", ["--keep-tars"])):
+        assert data_prep(["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar",
+                          str(tarred / "audio_*.tar"), "--out", str(tmp_path / out), "--num-jobs", "1", *keep]) == 0
+    shar, kept = tmp_path / "prep" / "shar" / "train", tmp_path / "kept" / "nemo" / "train"
     assert len(list(shar.glob("cuts.*.jsonl.gz"))) == 3, "one Shar shard per input shard"
     nemo = f"{{manifest: '{tarred}/manifest_*.json', tar: '{tarred}/audio_*.tar'}}"
-    run = train_tiny(tmp_path / "mix", f"data.train=[[{shar},0.5],[{nemo},0.3],[{corpus / 'cuts_train.jsonl.gz'},0.2]]",
-                     "trainer.max_steps=2", "data.dev=null", "data.survey_max_cuts=20")
+    run = train_tiny(tmp_path / "mix", f"data.train=[[{shar},0.4],[{nemo},0.2],[{kept},0.2],"
+                     f"[{corpus / 'cuts_train.jsonl.gz'},0.2]]", "trainer.max_steps=2", "data.dev=null",
+                     "data.survey_max_cuts=20")
     assert (run / "final.nemo").exists()
     setup = (run / "model_setup.txt").read_text()
     # Each input surveyed from a sample of 20 cuts: a shard of 16 and 4 of another (Shar, tarred), 20 of the 48 cuts.
-    assert "data.train: 60 of 60 cuts" in setup and "surveyed from a sample" in setup, setup
+    assert "data.train: 80 of 80 cuts" in setup and "surveyed from a sample" in setup, setup
     assert f"{shar}: 2 of 3 shards" in setup and f"{tarred}/manifest_" in setup and "1 of 1 shards" in setup, setup
+    assert f"{kept}/manifest_" in setup, setup
 
 
 def test_bad_config_fails_before_any_run_dir_is_made(tiny_overrides, tmp_path, capsys):

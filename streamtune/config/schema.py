@@ -54,8 +54,9 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     # Each a Lhotse cuts file (cuts_<split>.jsonl.gz) or Shar dir written by `python -m data_prep`; data.train
-    # may also be a NeMo tarred dataset {manifest: 'd/manifest_*.json', tar: 'd/audio_*.tar'} (local files) or a
-    # weighted mix of any of these: [[path or {manifest, tar}, weight], ...].
+    # may also be the <out>/nemo/<split> dir of `data_prep nemo-tarred --keep-tars`, a NeMo tarred dataset
+    # {manifest: 'd/manifest_*.json', tar: 'd/audio_*.tar'} (local files) or a weighted mix of any of these:
+    # [[path or {manifest, tar}, weight], ...].
     train: Any = None
     dev: Optional[str] = None
     test: Optional[str] = None

@@ -78,7 +78,7 @@ def prepare_source(args) -> None:
         from streamtune.data.shards import merge, run_task, task_of
 
         if args.no_audio_check:
-            raise UserError(f"{args.command} writes the audio into Lhotse Shar shards, which decodes it anyway; "
+            raise UserError(f"{args.command} decodes every audio to check it (and write it into Lhotse Shar); "
                             "drop --no-audio-check")
         index, count = task_of(args.shard_index, args.num_shards)
     elif args.shard_index is not None or args.num_shards is not None:

@@ -80,6 +80,9 @@ def _open_cuts(cuts_path: str | Path):
     path = Path(cuts_path)
     if not path.exists():
         raise UserError(f"cuts file '{cuts_path}' does not exist; prepare it with `python -m data_prep ...`")
+    if (path / "tars.json").exists():
+        raise UserError(f"'{cuts_path}' holds NeMo tarred manifests (`data_prep nemo-tarred --keep-tars`), which "
+                        "only data.train reads; prepare evaluation sets without --keep-tars (Lhotse Shar)")
     return CutSet.from_shar(in_dir=path) if path.is_dir() else CutSet.from_jsonl_lazy(path)
 
 

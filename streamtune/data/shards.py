@@ -5,7 +5,9 @@ any source's, and the kept ones written as one Lhotse Shar shard per split:
 ``<out>/shar/<split>/cuts.NNNNNN.jsonl.gz`` + ``recording.NNNNNN.tar``, ``NNNNNN`` the input shard's position in
 the plan (``<out>/plan.json``: the shards in order, the options' key). No audio file is written anywhere: a
 member that already is the cut's whole 16 kHz mono WAV or FLAC is copied into the Shar tar as it is, anything
-else (a slice, another rate) is encoded once as FLAC.
+else (a slice, another rate) is encoded once as FLAC. With ``--keep-tars`` (NeMo tarred input) no audio is
+written at all: ``<out>/nemo/<split>/manifest_<N>.json`` lists the kept members of ``audio_<N>.tar`` for NeMo's
+tarred reader, and ``tars.json`` beside them names the tars.
 
 The work is split by input shard: task K of N prepares the shards at positions K, K + N, K + 2N, ... in
 ``--num-jobs`` processes. A shard's outcome (report counts, the 64-bit hashes of its kept ids, its rejections)
@@ -42,6 +44,7 @@ from streamtune.data.validate import (
 from streamtune.errors import UserError
 
 PLAN = "plan.json"
+TARS = "tars.json"  # beside --keep-tars manifests: shard -> the input tar they name members of
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ShardJob:
     split_key: str
     source: dict  # the source's options: command, text_key, lang, dataset, columns
     threads: int = 1
+    output: str = "shar"  # or "nemo": validated manifests naming the input tars' members (--keep-tars)
 
 
 def task_of(shard_index: int | None, num_shards: int | None) -> tuple[int, int]:
@@ -112,9 +116,68 @@ def _tag(position: int) -> str:
     return f"{position:06d}"
 
 
-def _shar_files(out: Path, position: int) -> list[Path]:
+def _output_files(out: Path, output: str, position: int, shard_name: str) -> list[Path]:
+    """The files a shard's earlier preparation left (every split)."""
+    if output == "nemo":
+        return list((out / "nemo").glob(f"*/manifest_{shard_name}.json"))
+    return [p for p in (out / "shar").glob(f"*/*.{_tag(position)}.*")]
+
+
+def _writer(output: str, folder: Path, shard: sources.Shard):
+    return NemoManifestWriter(folder, shard) if output == "nemo" else SharShardWriter(folder)
+
+
+def _install(output: str, tmp: Path, out: Path, split: str, position: int, shard_name: str) -> None:
+    """Move a shard's finished files (one split) into place."""
+    target = out / output / split
+    target.mkdir(parents=True, exist_ok=True)
+    if output == "nemo":
+        (tmp / "manifest.json").replace(target / f"manifest_{shard_name}.json")
+        return
     tag = _tag(position)
-    return [p for split_dir in (out / "shar").glob("*") for p in split_dir.glob(f"*.{tag}.*")]
+    (tmp / "recording.tar").replace(target / f"recording.{tag}.tar")
+    (tmp / "cuts.jsonl.gz").replace(target / f"cuts.{tag}.jsonl.gz")
+
+
+class NemoManifestWriter:
+    """A validated NeMo tarred manifest for one input tar (``--keep-tars``): a line per kept cut naming its member
+    (``audio_filepath``), its span, its normalised text, ``shard_id`` and ``cut_id``; no audio is written. NeMo's
+    tarred reader reads it with the input tar (``skip_missing_manifest_entries``: rejected members stay in it)."""
+
+    def __init__(self, folder: Path, shard: sources.Shard):
+        self.folder, self.shard, self.count, self._file = folder, shard, 0, None
+
+    def write(self, cut, samples=None, encoded=None) -> None:
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.folder / "manifest.json", "w", encoding="utf-8")
+        custom = {k: v for k, v in (cut.custom or {}).items() if k not in (sources.TAR_MEMBER, "shard_id", "cut_id")}
+        sup = cut.supervisions[0]
+        line = {"audio_filepath": cut.custom[sources.TAR_MEMBER], "duration": cut.duration,
+                **({"offset": cut.start} if cut.start else {}), "text": sup.text,
+                **({"lang": sup.language} if sup.language else {}), **custom,
+                "shard_id": int(sources.shard_number(Path(self.shard.paths[1]))), "cut_id": cut.id}
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _kept(out: Path, output: str, split: str, position: int, shard_name: str):
+    """(id, duration, text) of a shard's kept cuts in one split."""
+    if output == "nemo":
+        path = out / "nemo" / split / f"manifest_{shard_name}.json"
+        for line in open(path, encoding="utf-8") if path.exists() else []:
+            entry = json.loads(line)
+            yield entry["cut_id"], entry["duration"], entry["text"]
+        return
+    from lhotse import CutSet
+
+    path = out / "shar" / split / f"cuts.{_tag(position)}.jsonl.gz"
+    for cut in CutSet.from_jsonl_lazy(path) if path.exists() else []:
+        yield cut.id, cut.duration, " ".join(s.text for s in cut.supervisions)
 
 
 class SharShardWriter:
@@ -190,18 +253,18 @@ def prepare_shard(job: ShardJob) -> dict:
     shard_dir, tag = out / "shards", _tag(job.position)
     record_path = shard_dir / f"{tag}.json"
     record_path.unlink(missing_ok=True)  # from here on the shard is not done
-    for stale in _shar_files(out, job.position):
+    for stale in _output_files(out, job.output, job.position, job.shard.name):
         stale.unlink()
     tmp = shard_dir / f".tmp-{tag}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     splitter = split_by_ratio(job.split_ratio, key=job.split_key) if job.split_ratio else None
     validation = Validation(job.cfg, job.splits, splitter, keep_notes=True)
-    writers = {name: SharShardWriter(tmp / name) for name in job.splits}
+    writers = {name: _writer(job.output, tmp / name, job.shard) for name in job.splits}
     hashes = []
     try:
         with open(tmp / "rejected.jsonl", "w") as rejected:
-            for result in validation.run(_shard_items(job), num_jobs=job.threads, with_audio=True):
+            for result in validation.run(_shard_items(job), num_jobs=job.threads, with_audio=job.output == "shar"):
                 if isinstance(result, Rejected):
                     rejected.write(rejection_line(result))
                     continue
@@ -213,9 +276,7 @@ def prepare_shard(job: ShardJob) -> dict:
             writer.close()
     for name, writer in writers.items():
         if writer.count:
-            (out / "shar" / name).mkdir(parents=True, exist_ok=True)
-            (tmp / name / "recording.tar").replace(out / "shar" / name / f"recording.{tag}.tar")
-            (tmp / name / "cuts.jsonl.gz").replace(out / "shar" / name / f"cuts.{tag}.jsonl.gz")
+            _install(job.output, tmp / name, out, name, job.position, job.shard.name)
     np.save(tmp / "ids.npy", np.asarray(hashes, dtype=np.uint64))
     (tmp / "ids.npy").replace(shard_dir / f"{tag}.ids.npy")
     (tmp / "rejected.jsonl").replace(shard_dir / f"{tag}.rejected.jsonl")
@@ -241,11 +302,12 @@ def run_task(args, index: int, count: int, key: str, cfg: ValidationConfig, spli
     shards = plan_shards(args)
     if not shards:
         raise UserError("no input shards")
-    plan = {"key": key, "command": args.command, "splits": splits,
+    output = "nemo" if getattr(args, "keep_tars", False) else "shar"
+    plan = {"key": key, "command": args.command, "splits": splits, "output": output,
             "shards": [asdict(s) for s in shards]}
     previous = _read(out / PLAN)
     if count == 1 and previous is not None and previous.get("key") != key:
-        for stale in ("shar", "shards", "tasks"):
+        for stale in ("shar", "nemo", "shards", "tasks"):
             shutil.rmtree(out / stale, ignore_errors=True)
     for folder in ("shards", "tasks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -261,7 +323,7 @@ def run_task(args, index: int, count: int, key: str, cfg: ValidationConfig, spli
         if not args.force and record is not None and record.get("key") == key:
             continue  # done by an earlier run of this task with these inputs and options
         jobs.append(ShardJob(str(out), position, shards[position], key, name, cfg, splits, split_ratio,
-                             args.split_key, source, threads=max(1, args.threads_per_job)))
+                             args.split_key, source, threads=max(1, args.threads_per_job), output=output))
     print(f"{name}: {len(mine)} of {len(shards)} input shards, {len(mine) - len(jobs)} already done; "
           f"{min(args.num_jobs, len(jobs)) or 1} process(es)")
     for record in _map(prepare_shard, jobs, args.num_jobs):
@@ -328,13 +390,26 @@ def merge(out_dir: str | Path) -> Report:
             raise UserError(f"input shard {shard['name']} has no record of {claims[position][0]} with these "
                             f"inputs and options under {out / 'shards'}; rerun {claims[position][0]}")
         records.append(record)
-    planned = {_tag(p) for p in range(len(shards))}
-    stray = sorted(str(p) for p in (out / "shar").glob("*/*") if p.parent.name not in splits
-                   or (p.name.split(".") + [""])[1] not in planned)
+    output = plan.get("output", "shar")
+    if output == "nemo":
+        planned = {f"manifest_{shard['name']}.json" for shard in shards} | {TARS}
+        stray = sorted(str(p) for p in (out / "nemo").glob("*/*") if p.parent.name not in splits
+                       or p.name not in planned)
+    else:
+        planned = {_tag(p) for p in range(len(shards))}
+        stray = sorted(str(p) for p in (out / "shar").glob("*/*") if p.parent.name not in splits
+                       or (p.name.split(".") + [""])[1] not in planned)
     if stray:
-        raise UserError(f"{len(stray)} Shar files under {out / 'shar'} belong to no shard of this run (e.g. "
-                        f"{stray[0]}): left by a run with other inputs; prepare into a fresh --out")
-    _drop_duplicates(out, records)
+        raise UserError(f"{len(stray)} files under {out / output} belong to no shard of this run (e.g. "
+                        f"{stray[0]}): left by a run with other inputs or options; prepare into a fresh --out")
+    _drop_duplicates(out, output, records)
+    if output == "nemo":
+        for split in splits:
+            folder = out / "nemo" / split
+            tars = {shard["name"]: str(Path(shard["paths"][1]).resolve()) for shard in shards
+                    if (folder / f"manifest_{shard['name']}.json").exists()}
+            if tars:
+                _write_json(folder / TARS, tars)
     report = Report(max_duration_s=records[0]["report"]["max_duration_s"])
     run = run_name(splits)
     with open(out / f".rejected_{run}.jsonl.tmp", "w") as rejected:
@@ -351,14 +426,14 @@ def merge(out_dir: str | Path) -> Report:
     report.write(out, run)
     print(f"merged {len(records)} input shards of {len(tasks)} task(s): read {report.read}, kept {report.kept} "
           f"({report.kept_s / 3600:.3f} h: {dict(report.per_split)}), rejected {report.rejected}"
-          + (f": {dict(report.reasons)}" if report.reasons else "") + f" -> {out / 'shar'}")
+          + (f": {dict(report.reasons)}" if report.reasons else "") + f" -> {out / output}")
     print(f"transcript style: {report.style.describe()}")
     if report.kept == 0:
         raise UserError(f"nothing valid remains of {report.read} items; see {out / f'rejected_{run}.jsonl'} for why")
     return report
 
 
-def _drop_duplicates(out: Path, records: list[dict]) -> None:
+def _drop_duplicates(out: Path, output: str, records: list[dict]) -> None:
     """An id kept by two shards stays in the first (plan order) and is rejected as ``duplicate_id`` in the others:
     what one run over all shards keeps. Found by 64-bit hashes, confirmed on the ids themselves."""
     hashes = [np.load(out / "shards" / f"{_tag(p)}.ids.npy") for p in range(len(records))]
@@ -373,57 +448,37 @@ def _drop_duplicates(out: Path, records: list[dict]) -> None:
             continue
         repeated_here = set(shard_hashes[np.isin(shard_hashes, repeated)].tolist())
         drop = {}
+        name = records[position]["shard"]["name"]
         for split in records[position]["report"]["per_split"]:
-            for cut in _shar_cuts(out, split, position):
-                if id_hash(cut.id) in repeated_here:
-                    if cut.id in seen:
-                        drop[cut.id] = (split, cut, records[seen[cut.id]]["shard"]["name"])
+            for cut_id, duration, text in _kept(out, output, split, position, name):
+                if id_hash(cut_id) in repeated_here:
+                    if cut_id in seen:
+                        drop[cut_id] = (split, duration, text, records[seen[cut_id]]["shard"]["name"])
                     else:
-                        seen[cut.id] = position
+                        seen[cut_id] = position
         if drop:
-            records[position] = _rewrite_without(out, position, records[position], drop)
+            records[position] = _rewrite_without(out, output, position, records[position], drop)
 
 
-def _shar_cuts(out: Path, split: str, position: int):
-    from lhotse import CutSet
-
-    path = out / "shar" / split / f"cuts.{_tag(position)}.jsonl.gz"
-    return CutSet.from_jsonl_lazy(path) if path.exists() else []
-
-
-def _rewrite_without(out: Path, position: int, record: dict, drop: dict) -> dict:
-    """Rewrite a shard's Shar files without the ``drop`` cuts (their bytes are copied, not re-encoded) and its
+def _rewrite_without(out: Path, output: str, position: int, record: dict, drop: dict) -> dict:
+    """Rewrite a shard's outputs without the ``drop`` cuts (Shar audio bytes are copied, not re-encoded) and its
     record, ids and rejections with them rejected as ``duplicate_id``; returns the new record."""
-    from lhotse import CutSet
-
     tag = _tag(position)
     tmp = out / "shards" / f".tmp-merge-{tag}"
     shutil.rmtree(tmp, ignore_errors=True)
     report = Report.from_state(record["report"])
     notes = record.get("notes", {})
-    for split in sorted({split for split, _, _ in drop.values()}):
-        folder = out / "shar" / split
-        fields = {"cuts": [str(folder / f"cuts.{tag}.jsonl.gz")], "recording": [str(folder / f"recording.{tag}.tar")]}
-        writer = SharShardWriter(tmp / split)
-        try:
-            for cut in CutSet.from_shar(fields=fields):
-                if cut.id not in drop:
-                    data = cut.recording.sources[0].source  # the shard's own bytes: copied, not re-encoded
-                    writer.write(cut, None, (data, _audio_format(data) or "flac", cut.recording.num_samples))
-        finally:
-            writer.close()
-        for field in ("recording", "cuts"):
-            target = Path(fields[field][0])
-            if writer.count:
-                (tmp / split / target.name.replace(f".{tag}", "")).replace(target)
-            else:
-                target.unlink()
+    for split in sorted({split for split, _, _, _ in drop.values()}):
+        if output == "nemo":
+            _rewrite_manifest(out / "nemo" / split / f"manifest_{record['shard']['name']}.json", drop, tmp)
+        else:
+            _rewrite_shar(out / "shar" / split, tag, drop, tmp / split)
     with open(out / "shards" / f"{tag}.rejected.jsonl", "a") as rejected:
-        for cut_id, (split, cut, first) in drop.items():
-            text = " ".join(s.text for s in cut.supervisions)
-            report.unkeep(split, cut.duration, text, notes.pop(cut_id, []), "duplicate_id")
+        for cut_id, (split, duration, text, first) in drop.items():
+            report.unkeep(split, duration, text, notes.pop(cut_id, []), "duplicate_id")
             rejected.write(rejection_line(Rejected(cut_id, "duplicate_id", f"input shard {record['shard']['name']}: "
                                                    f"id {cut_id} was already kept (input shard {first})")))
+    tmp.mkdir(parents=True, exist_ok=True)
     hashes = np.load(out / "shards" / f"{tag}.ids.npy")
     gone = np.asarray([id_hash(i) for i in drop], dtype=np.uint64)
     np.save(tmp / "ids.npy", hashes[~np.isin(hashes, gone)])
@@ -433,3 +488,33 @@ def _rewrite_without(out: Path, position: int, record: dict, drop: dict) -> dict
     _write_json(out / "shards" / f"{tag}.json", record)
     shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def _rewrite_manifest(path: Path, drop: dict, tmp: Path) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    kept = [line for line in open(path, encoding="utf-8") if json.loads(line)["cut_id"] not in drop]
+    if kept:
+        (tmp / path.name).write_text("".join(kept), encoding="utf-8")
+        (tmp / path.name).replace(path)
+    else:
+        path.unlink()
+
+
+def _rewrite_shar(folder: Path, tag: str, drop: dict, tmp: Path) -> None:
+    from lhotse import CutSet
+
+    fields = {"cuts": [str(folder / f"cuts.{tag}.jsonl.gz")], "recording": [str(folder / f"recording.{tag}.tar")]}
+    writer = SharShardWriter(tmp)
+    try:
+        for cut in CutSet.from_shar(fields=fields):
+            if cut.id not in drop:
+                data = cut.recording.sources[0].source  # the shard's own bytes: copied, not re-encoded
+                writer.write(cut, None, (data, _audio_format(data) or "flac", cut.recording.num_samples))
+    finally:
+        writer.close()
+    for field in ("recording", "cuts"):
+        target = Path(fields[field][0])
+        if writer.count:
+            (tmp / target.name.replace(f".{tag}", "")).replace(target)
+        else:
+            target.unlink()

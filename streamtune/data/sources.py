@@ -234,6 +234,10 @@ def _by_shard(paths: list[Path], what: str) -> dict[str, Path]:
     return out
 
 
+# The tar member a tarred cut's audio came from (its full name in the tar), kept in cut.custom.
+TAR_MEMBER = "tar_member"
+
+
 @dataclass(frozen=True)
 class Shard:
     """One unit of sharded input: a NeMo tarred shard (``kind="tar"``: manifest + tar, either may be missing),
@@ -297,7 +301,8 @@ def tarred_shard_items(shard: Shard, text_key: str = "text", language: str | Non
                 for item in items:
                     cut = item.cut  # a duration of 0 was not declared: the member's header says it
                     yield Item(memory_cut(cut.id, data, cut.supervisions[0].text, offset_s=cut.start,
-                                          duration_s=cut.duration or None, custom=cut.custom,
+                                          duration_s=cut.duration or None,
+                                          custom={**cut.custom, TAR_MEMBER: member.name},
                                           language=cut.supervisions[0].language), item.origin)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         broken = f"{type(err).__name__}: {err}"

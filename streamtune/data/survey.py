@@ -94,6 +94,12 @@ def input_kind(spec) -> tuple[str, object]:
     if not isinstance(spec, str):
         raise UserError(f"data input {spec!r} is not a path or {{manifest: ..., tar: ...}}")
     p = Path(spec)
+    if (p / "tars.json").is_file():  # `data_prep nemo-tarred --keep-tars`: validated manifests + the input tars
+        tars = json.loads((p / "tars.json").read_text())
+        manifests = sorted(p.glob("manifest_*.json"))
+        return "nemo_tarred", {**_nemo_tarred({"manifest": [str(m) for m in manifests], "tar": [
+            tars.get(NEMO_MANIFEST_NAME.search(m.name).group(1), f"{m} has no tar in {p / 'tars.json'}")
+            for m in manifests]}), "skip_missing": True}
     if p.is_dir():
         return "shar", str(p)
     if p.is_file():

@@ -93,7 +93,9 @@ def _nemo_tarred_entry(value: dict) -> dict:
         return paths[0] if len(paths) == 1 else "{" + ",".join(paths) + "}"
 
     return {"type": "nemo_tarred", "manifest_filepath": braces(value["manifests"]),
-            "tarred_audio_filepaths": braces(value["tars"]), "text_field": value["text_field"]}
+            "tarred_audio_filepaths": braces(value["tars"]), "text_field": value["text_field"],
+            # manifests written by `data_prep nemo-tarred --keep-tars` leave the rejected members out
+            "skip_missing_manifest_entries": bool(value.get("skip_missing", False))}
 
 
 def data_source(spec) -> dict:

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     tarred.add_argument("--tar", required=True, nargs="+")
     tarred.add_argument("--text-key", default="text")
     tarred.add_argument("--lang")
+    tarred.add_argument("--keep-tars", action="store_true", help="instead of Lhotse Shar, write validated NeMo "
+                        "manifests (<out>/nemo/<split>/manifest_N.json) that name the kept members of the input "
+                        "tars: no audio is copied; data.train reads <out>/nemo/<split> with the tars")
     add_common(tarred)
 
     hf = sub.add_parser("hf", help="a local Hugging Face dataset (save_to_disk dir, parquet/arrow files)")
