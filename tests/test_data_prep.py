@@ -419,3 +419,36 @@ def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpu
     )
     read = [c.custom["cut_id"] for batch in loader for c in batch[-1]]
     assert sorted(read) == sorted(e["cut_id"] for e in entries)
+
+
+class _Id:
+    def __init__(self, cut_id: str):
+        self.id, self.supervisions, self.custom = cut_id, [], {}
+
+
+def test_ratio_split_of_sharded_tasks_equals_one_run(speech, tmp_path):
+    """--split-ratio with sharded tasks: one Shar dir per split, and two tasks + merge keep what one run keeps."""
+    from streamtune.data.validate import split_by_ratio
+
+    tarred = _tarred_corpus(speech, tmp_path / "in")
+    source = ["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar", str(tarred / "audio_*.tar"),
+              "--num-jobs", "1"]
+    assert main(source + ["--out", str(tmp_path / "all")]) == 0
+    # A ratio that puts some of the kept ids in each split (a split is a hash of the id: fixed, not random).
+    ids = list(shar_cuts(tmp_path / "all"))
+    ratio = next(f"train={k / 10:g},dev={1 - k / 10:g}" for k in range(1, 10)
+                 if len({split_by_ratio({"train": k / 10, "dev": 1 - k / 10})(_Id(i)) for i in ids}) == 2)
+    source += ["--split-ratio", ratio]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(source + ["--out", str(one)]) == 0
+    for index in range(2):
+        assert main(source + ["--out", str(two), "--shard-index", str(index), "--num-shards", "2"]) == 0
+    assert main(["merge", "--out", str(two)]) == 0
+    run = "train+dev"
+    assert _report(one, run) == _report(two, run) and _rejected(one, run) == _rejected(two, run)
+    report = _report(one, run)
+    kept = {split: set(shar_cuts(one, split)) for split in ("train", "dev")}
+    assert kept == {split: set(shar_cuts(two, split)) for split in ("train", "dev")}
+    assert all(kept.values()) and not kept["train"] & kept["dev"], "every split has cuts, none in both"
+    assert {split: len(members) for split, members in kept.items()} == report["kept_per_split"]
+    assert kept["train"] | kept["dev"] == set(ids) and report["kept"] + report["rejected"] == report["read"]
