@@ -383,7 +383,7 @@ def test_two_tasks_and_merge_equal_one_run(speech, tmp_path, capsys):
                    "overlap")
 
 
-def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpus, tmp_path):
+def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpus, tmp_path, capsys):
     """--keep-tars: validated NeMo manifests naming the kept members of the input tars, nothing else written; one
     run and two tasks + merge agree; NeMo's tarred reader reads exactly the kept cuts (rejected members skipped)."""
     from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
@@ -391,6 +391,7 @@ def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpu
     from nemo.collections.common.tokenizers import SentencePieceTokenizer
 
     from streamtune.model.nemo_config import data_source
+    from tests.helpers import one_line_error
 
     tarred = _tarred_corpus(speech, tmp_path / "in")
     source = ["nemo-tarred", "--manifest", str(tarred / "manifest_*.json"), "--tar", str(tarred / "audio_*.tar"),
@@ -419,6 +420,13 @@ def test_keep_tars_writes_manifests_nemo_reads_with_the_input_tars(speech, corpu
     )
     read = [c.custom["cut_id"] for batch in loader for c in batch[-1]]
     assert sorted(read) == sorted(e["cut_id"] for e in entries)
+    # A tar without a shard number in its name cannot be paired with a manifest by NeMo: one line, up front.
+    shutil.copy(tarred / "audio_0.tar", tmp_path / "audio.tar")
+    shutil.copy(tarred / "manifest_0.json", tmp_path / "manifest.json")
+    capsys.readouterr()
+    code = main(["nemo-tarred", "--manifest", str(tmp_path / "manifest.json"), "--tar", str(tmp_path / "audio.tar"),
+                 "--keep-tars", "--out", str(tmp_path / "unnumbered")])
+    one_line_error(code, capsys.readouterr().err, "audio.tar has none")
 
 
 class _Id:

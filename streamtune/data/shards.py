@@ -303,6 +303,10 @@ def run_task(args, index: int, count: int, key: str, cfg: ValidationConfig, spli
     if not shards:
         raise UserError("no input shards")
     output = "nemo" if getattr(args, "keep_tars", False) else "shar"
+    unnumbered = [s.paths[1] for s in shards if output == "nemo" and not s.name.isdigit()]
+    if unnumbered:
+        raise UserError(f"--keep-tars writes manifests NeMo's tarred reader pairs with the tars by the number in "
+                        f"their names (audio_N.tar), and {unnumbered[0]} has none")
     plan = {"key": key, "command": args.command, "splits": splits, "output": output,
             "shards": [asdict(s) for s in shards]}
     previous = _read(out / PLAN)
