@@ -192,8 +192,6 @@ def read_offline_history(wandb_file: str | Path) -> list[dict]:
     return rows
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
-
 
 def shar_cuts(out: Path, split: str = "train") -> dict:
     """id -> cut (audio in memory) of the Lhotse Shar shards a sharded data_prep run wrote under ``out``."""
@@ -204,4 +202,6 @@ def shar_cuts(out: Path, split: str = "train") -> dict:
 
 def loose_audio_files(root: Path) -> list[Path]:
     """Every audio file under ``root`` (sharded preparation must write none)."""
+    from streamtune.data.reading import AUDIO_SUFFIXES
+
     return [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES]

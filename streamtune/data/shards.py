@@ -60,7 +60,7 @@ class ShardJob:
     splits: list[str]
     split_ratio: dict[str, float] | None
     split_key: str
-    source: dict  # the source's options: command, text_key, lang, dataset, columns
+    source: dict  # the source's options: text_key, lang, dataset, columns, hf_split
     threads: int = 1
     output: str = "shar"  # or "nemo": validated manifests naming the input tars' members (--keep-tars)
 
@@ -120,7 +120,7 @@ def _output_files(out: Path, output: str, position: int, shard_name: str) -> lis
     """The files a shard's earlier preparation left (every split)."""
     if output == "nemo":
         return list((out / "nemo").glob(f"*/manifest_{shard_name}.json"))
-    return [p for p in (out / "shar").glob(f"*/*.{_tag(position)}.*")]
+    return list((out / "shar").glob(f"*/*.{_tag(position)}.*"))
 
 
 def _writer(output: str, folder: Path, shard: sources.Shard):
@@ -145,7 +145,8 @@ class NemoManifestWriter:
     tarred reader reads it with the input tar (``skip_missing_manifest_entries``: rejected members stay in it)."""
 
     def __init__(self, folder: Path, shard: sources.Shard):
-        self.folder, self.shard, self.count, self._file = folder, shard, 0, None
+        # run_task refuses --keep-tars unless every shard's name is its number (audio_N.tar)
+        self.folder, self.shard_id, self.count, self._file = folder, int(shard.name), 0, None
 
     def write(self, cut, samples=None, encoded=None) -> None:
         if self._file is None:
@@ -156,7 +157,7 @@ class NemoManifestWriter:
         line = {"audio_filepath": cut.custom[sources.TAR_MEMBER], "duration": cut.duration,
                 **({"offset": cut.start} if cut.start else {}), "text": sup.text,
                 **({"lang": sup.language} if sup.language else {}), **custom,
-                "shard_id": int(sources.shard_number(Path(self.shard.paths[1]))), "cut_id": cut.id}
+                "shard_id": self.shard_id, "cut_id": cut.id}
         self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.count += 1
 
@@ -453,9 +454,9 @@ def _drop_duplicates(out: Path, output: str, records: list[dict]) -> None:
         return
     seen: dict[str, int] = {}
     for position, shard_hashes in enumerate(hashes):
-        if not np.isin(shard_hashes, repeated).any():
-            continue
         repeated_here = set(shard_hashes[np.isin(shard_hashes, repeated)].tolist())
+        if not repeated_here:
+            continue
         drop = {}
         name = records[position]["shard"]["name"]
         for split in records[position]["report"]["per_split"]:

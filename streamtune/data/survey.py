@@ -97,9 +97,13 @@ def input_kind(spec) -> tuple[str, object]:
     if (p / "tars.json").is_file():  # `data_prep nemo-tarred --keep-tars`: validated manifests + the input tars
         tars = json.loads((p / "tars.json").read_text())
         manifests = sorted(p.glob("manifest_*.json"))
-        return "nemo_tarred", {**_nemo_tarred({"manifest": [str(m) for m in manifests], "tar": [
-            tars.get(NEMO_MANIFEST_NAME.search(m.name).group(1), f"{m} has no tar in {p / 'tars.json'}")
-            for m in manifests]}), "skip_missing": True}
+        shards = [NEMO_MANIFEST_NAME.search(m.name).group(1) for m in manifests]
+        missing = [str(m) for m, shard in zip(manifests, shards) if shard not in tars]
+        if missing:
+            raise UserError(f"data path '{spec}': {missing[0]} names no tar in {p / 'tars.json'}; run "
+                            "`python -m data_prep merge` on its --out again")
+        return "nemo_tarred", {**_nemo_tarred({"manifest": [str(m) for m in manifests],
+                                               "tar": [tars[shard] for shard in shards]}), "skip_missing": True}
     if p.is_dir():
         return "shar", str(p)
     if p.is_file():
@@ -214,14 +218,14 @@ def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool, 
         files = _metadata_files(kind, value)
         # Past max_cuts, a sample: whole metadata files (shards) in a fixed random order, until the budget is spent.
         order = random.Random(0).sample(files, len(files)) if len(files) > 1 else files
-        budget, opened = max_cuts, 0
+        budget, opened, cut_short = max_cuts, 0, False
         for path in order:
             if max_cuts and budget <= 0:
                 break
             opened += 1
             for cut_id, duration, text in _records(kind, value, path):
                 if max_cuts and budget <= 0:
-                    out.sampled.append((label, opened, len(files)))
+                    cut_short = True
                     break
                 budget -= 1
                 out.cuts += 1
@@ -235,7 +239,7 @@ def _survey(spec_json: str, min_s: float, max_s: float, allow_empty_text: bool, 
                     out.empty_text.append((label, cut_id))
                 style.add(text)
                 durations.append(duration)
-        if opened < len(files) and not any(s[0] == label for s in out.sampled):
+        if opened < len(files) or cut_short:
             out.sampled.append((label, opened, len(files)))
     out.durations = np.asarray(durations, dtype=np.float64)
     out.kept_s = float(out.durations.sum())

@@ -71,13 +71,9 @@ def tokenizer_alphabet(tokenizer_dir: str | Path) -> set[str]:
     return chars
 
 
-def check_item(item: Item, cfg: ValidationConfig) -> tuple[object | None, Rejected | None, list[str]]:
-    """Validate one cut: returns (kept cut, None, notes) or (None, rejection, [])."""
-    return check_item_audio(item, cfg)[:3]
-
-
-def check_item_audio(item: Item, cfg: ValidationConfig):
-    """:func:`check_item` plus the decoded samples of the kept cut's span (None when audio is not checked)."""
+def check_item(item: Item, cfg: ValidationConfig):
+    """Validate one cut: returns (kept cut, None, notes, the decoded samples of its span or None when audio is not
+    checked) or (None, rejection, [], None)."""
     cut = item.cut
     notes: list[str] = []
     samples = None
@@ -260,7 +256,7 @@ class Validation:
         if not isinstance(item, Item):
             return item.item, None, item, [], None
         try:
-            return (item.origin, *check_item_audio(item, self.cfg))
+            return (item.origin, *check_item(item, self.cfg))
         except Exception as err:  # a cut malformed in a way no check names: rejected, never a crash mid-file
             return item.origin, None, Rejected(getattr(item.cut, "id", item.origin), "malformed_item",
                                                f"{item.origin}: {type(err).__name__}: {str(err)[:200]}"), [], None
